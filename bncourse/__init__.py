@@ -1,0 +1,49 @@
+"""bncourse: the companion package of the batch-normalization course.
+
+Layers, each using only those above it:
+
+* ``bncourse.functional``: the formulas in NumPy (the reference).
+* ``bncourse.layer``: the same formulas as a PyTorch module and autograd Function
+  (``bncourse.BatchNorm``).
+* ``bncourse.gradcheck``, ``bncourse.jacobian``, ``bncourse.memory``: analysis helpers.
+* ``bncourse.exercises``: auto-checked exercises and their catalogues of mistakes.
+* ``bncourse.plotting``: figures (the only module that imports matplotlib).
+
+``import bncourse`` loads NumPy only; torch is imported the first time a torch-based name
+such as ``bncourse.BatchNorm`` is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from . import functional
+
+__version__ = "0.1.0"
+
+_LAZY_ATTRIBUTES = {
+    "BatchNorm": ("bncourse.layer", "BatchNorm"),
+    "BatchNormFunction": ("bncourse.layer", "BatchNormFunction"),
+}
+_LAZY_MODULES = {
+    "layer", "gradcheck", "jacobian", "memory", "exercises", "plotting", "authoring", "bench",
+}
+
+__all__ = ["functional", "BatchNorm", "BatchNormFunction", *sorted(_LAZY_MODULES)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_ATTRIBUTES:
+        module, attribute = _LAZY_ATTRIBUTES[name]
+        value = getattr(importlib.import_module(module), attribute)
+    elif name in _LAZY_MODULES:
+        value = importlib.import_module(f"bncourse.{name}")
+    else:
+        raise AttributeError(f"module 'bncourse' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,76 @@
+"""Auto-checked exercises: ``check(exercise_id, answer)`` gives a verdict on the spot.
+
+Each chapter's exercises live in their own module (``formula``, ``gradients``,
+``parameters``, ``invariance``) together with their catalogues of mistakes. ``EXERCISES``
+maps every id to its exercise, in book order.
+
+>>> from bncourse.exercises import check
+>>> check("invariance.gradient_scale", ...)  # an untouched stub
+… invariance.gradient_scale: Not attempted. no number given yet
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import formula, gradients, invariance, parameters
+from .core import (
+    FAILED,
+    NOT_ATTEMPTED,
+    PASSED,
+    Case,
+    ChoiceExercise,
+    CheckResult,
+    Exercise,
+    FunctionExercise,
+    Mistake,
+    NumberExercise,
+)
+
+__all__ = [
+    "EXERCISES",
+    "check",
+    "hint",
+    "CheckResult",
+    "Exercise",
+    "FunctionExercise",
+    "NumberExercise",
+    "ChoiceExercise",
+    "Case",
+    "Mistake",
+    "PASSED",
+    "FAILED",
+    "NOT_ATTEMPTED",
+]
+
+
+def _collect() -> dict[str, Exercise]:
+    registry: dict[str, Exercise] = {}
+    for module in (formula, gradients, parameters, invariance):
+        for exercise in module.EXERCISES:
+            if exercise.id in registry:
+                raise RuntimeError(f"two exercises share the id {exercise.id!r}")
+            registry[exercise.id] = exercise
+    return registry
+
+
+EXERCISES: dict[str, Exercise] = _collect()
+
+
+def _get(exercise_id: str) -> Exercise:
+    try:
+        return EXERCISES[exercise_id]
+    except KeyError:
+        known = ", ".join(sorted(EXERCISES))
+        raise KeyError(f"no exercise with id {exercise_id!r}; the ids are: {known}") from None
+
+
+def check(exercise_id: str, answer: Any) -> CheckResult:
+    """Check ``answer`` against exercise ``exercise_id``; raises ``KeyError`` for an unknown id."""
+    return _get(exercise_id).check(answer)
+
+
+def hint(exercise_id: str) -> str:
+    """A nudge for exercise ``exercise_id`` that does not give the answer away."""
+    exercise = _get(exercise_id)
+    return exercise.hint or "Re-read the section of the chapter that introduces this idea."

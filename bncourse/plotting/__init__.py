@@ -1,0 +1,59 @@
+"""Figures of the course: the one place that imports matplotlib.
+
+The same quantity has the same colour in every chapter (``COLORS``); every figure has
+labelled axes and a title that states its finding. Chapter-specific figures live in the
+submodules ``transform``, ``gradients``, ``parameters`` and ``invariance``.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.rcParams.update(
+    {
+        "figure.figsize": (7.0, 3.6),
+        "figure.dpi": 100,
+        "savefig.dpi": 100,
+        "axes.grid": True,
+        "grid.alpha": 0.3,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "axes.titlesize": 11,
+        "axes.labelsize": 10,
+        "legend.fontsize": 9,
+        "legend.frameon": False,
+        "svg.hashsalt": "bncourse",
+    }
+)
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+__all__ = ["COLORS", "plt", "new_figure"]
+
+#: One colour per quantity, used across all chapters.
+COLORS = {
+    "input": "#4c72b0",  # x, pre-activations before BN
+    "normalized": "#dd8452",  # x_hat, outputs of BN
+    "bncourse": "#55a868",  # bncourse's implementation
+    "torch": "#c44e52",  # torch's native layer
+    "staged": "#8172b3",  # autograd through the staged formula
+    "compiled": "#937860",  # the compiled compact form
+    "train": "#55a868",  # training mode, batch statistics
+    "eval": "#4c72b0",  # eval mode, running statistics
+    "running": "#da8bc3",  # running statistics
+    "bn_only": "#dd8452",  # train-only-BN networks
+    "all": "#55a868",  # all weights trained
+    "none": "#8c8c8c",  # nothing trained
+    "random_subset": "#4c72b0",  # random non-BN parameters trained
+    "with_bn": "#dd8452",
+    "without_bn": "#4c72b0",
+    "theory": "#333333",  # a formula's prediction
+}
+
+
+def new_figure(ncols: int = 1, nrows: int = 1, width: float | None = None,
+               height: float | None = None, **kwargs):
+    """``plt.subplots`` with the course's default size, scaled to the number of panels."""
+    w = width if width is not None else min(3.6 * ncols + 0.6, 10.0)
+    h = height if height is not None else 3.2 * nrows + 0.4
+    return plt.subplots(nrows, ncols, figsize=(w, h), constrained_layout=True, **kwargs)
