@@ -12,8 +12,7 @@ NOTEBOOKS = $(shell $(PY) -m bncourse.authoring notebooks)
 # Readers who run a chapter themselves see progress bars; stored outputs never do.
 export BNCOURSE_QUIET := 1
 export PYTHONHASHSEED := 0
-# Keep matplotlib and Jupyter state inside the build, not in the user's home.
-export MPLBACKEND := Agg
+# Keep matplotlib state inside the build, not in the user's home.
 export MPLCONFIGDIR := $(CURDIR)/_build/.mplconfig
 
 .PHONY: help setup book test unit nbval student execute bench lint clean
