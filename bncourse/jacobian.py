@@ -7,7 +7,8 @@ with $\\hat x = (x - \\mu)/\\sqrt{\\sigma^2+\\epsilon}$, exactly, for any eps. W
 $\\epsilon = 0$, $\\|\\hat x\\|^2 = m$ and $I - \\mathbf{1}\\mathbf{1}^T/m - \\hat{x}\\hat{x}^T/m$
 is an orthogonal projection of rank $m - 2$; with $\\epsilon > 0$, $\\|\\hat x\\|^2 =
 m\\sigma^2/(\\sigma^2+\\epsilon)$ and the eigenvalue along $\\hat x$ is
-$\\epsilon/(\\sigma^2+\\epsilon)$ instead of 0. Channels do not interact, so the full Jacobian is block diagonal.
+$\\epsilon/(\\sigma^2+\\epsilon)$ instead of 0.
+Channels do not interact, so the full Jacobian is block diagonal.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ __all__ = ["batch_norm_jacobian"]
 
 
 def batch_norm_jacobian(x: np.ndarray, gamma: np.ndarray, eps: float = 1e-5) -> np.ndarray:
-    """Per-channel Jacobians of ``y = BN(x)``: shape ``(C, N, N)``, ``J[c, i, j] = dy[i, c]/dx[j, c]``.
+    """Per-channel Jacobians of ``y = BN(x)``: ``J[c, i, j] = dy[i, c] / dx[j, c]``, (C, N, N).
 
     ``x`` has shape ``(N, C)``. Singular values per channel: ``m - 2`` equal to
     ``|gamma| / sqrt(sigma^2 + eps)``, one exactly 0 (direction ``1``, a shift of the whole

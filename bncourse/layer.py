@@ -82,7 +82,9 @@ def _check_channels(x: Tensor, num_features: int) -> None:
 def compact_forward(
     x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    r"""$y = \gamma\hat{x} + \beta$ with batch statistics; returns ``(y, x_hat, mean, var, inv_std)``.
+    r"""$y = \gamma\hat{x} + \beta$ with batch statistics.
+
+    Returns ``(y, x_hat, mean, var, inv_std)``.
 
     ``var`` is the biased batch variance (what the transform divides by); ``torch.var_mean``
     computes it with a numerically stable single pass (Welford), not as E[x^2] - E[x]^2.
@@ -103,7 +105,9 @@ def compact_forward(
 def compact_backward(
     dy: Tensor, x_hat: Tensor, inv_std: Tensor, weight: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    r"""$dx = \frac{\gamma}{\sqrt{\sigma^2+\epsilon}}\big(dy - \overline{dy} - \hat{x}\,\overline{dy\,\hat{x}}\big)$; returns ``(dx, dgamma, dbeta)``.
+    r"""$dx = \gamma (dy - \overline{dy} - \hat{x} \overline{dy\hat{x}}) / \sqrt{\sigma^2+\epsilon}$
+
+    Returns ``(dx, dgamma, dbeta)``.
 
     Bars are per-channel means over the reduced axes, so this is the closed form of
     :func:`bncourse.functional.batch_norm_backward` with the ``1/m`` moved inside.

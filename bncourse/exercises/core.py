@@ -265,7 +265,9 @@ class FunctionExercise(Exercise):
             arrays.append(_to_array(item, f"the returned {name}") if reader else np.asarray(item))
         return tuple(arrays)
 
-    def _validate(self, got: tuple[np.ndarray, ...], want: tuple[np.ndarray, ...], case: Case) -> None:
+    def _validate(
+        self, got: tuple[np.ndarray, ...], want: tuple[np.ndarray, ...], case: Case
+    ) -> None:
         for name, g, w in zip(self.output_names, got, want, strict=True):
             if g.shape != w.shape:
                 raise _ReaderError(
@@ -336,7 +338,8 @@ class FunctionExercise(Exercise):
             if not np.allclose(g, w, rtol=self.rtol, atol=self.atol)
         ]
         return (
-            f"{' and '.join(wrong)} {'differs' if len(wrong) == 1 else 'differ'} from the reference on the case: {case.label} "
+            f"{' and '.join(wrong)} {'differs' if len(wrong) == 1 else 'differ'} from the "
+            f"reference on the case: {case.label} "
             f"(largest absolute difference {worst:.3g}). This is not one of the usual mistakes; "
             f"{self.hint or 'compare your code with the formulas of the chapter step by step.'}"
         )
