@@ -92,7 +92,11 @@ def student_notebook(nb: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_student_notebooks(out_dir: Path, root: Path = ROOT) -> list[Path]:
-    """Write ``out_dir/<chapter>.ipynb`` for every chapter and a zip of them all."""
+    """Write ``out_dir/<chapter>.ipynb`` for every chapter and a zip of them all.
+
+    The zip also carries ``book/data/`` (tables the chapters read, such as the benchmark),
+    laid out as the chapters expect it, beside the notebooks.
+    """
     import nbformat
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -106,6 +110,12 @@ def write_student_notebooks(out_dir: Path, root: Path = ROOT) -> list[Path]:
     with zipfile.ZipFile(out_dir / STUDENT_ZIP, "w", zipfile.ZIP_DEFLATED) as archive:
         for target in written:
             archive.write(target, arcname=f"bncourse-notebooks/{target.name}")
+        data_dir = root / "book" / "data"
+        if data_dir.is_dir():
+            for item in sorted(data_dir.rglob("*")):
+                if item.is_file():
+                    arcname = f"bncourse-notebooks/data/{item.relative_to(data_dir).as_posix()}"
+                    archive.write(item, arcname=arcname)
     return written
 
 

@@ -95,3 +95,18 @@ def test_student_notebook_executes_and_every_check_is_not_attempted(path, tmp_pa
     verdicts = _check_verdicts(student)
     assert len(verdicts) >= 4, f"{path.name}: the student notebook shows {len(verdicts)} checks"
     assert set(verdicts) == {"Not attempted"}, f"{path.name}: verdicts {verdicts}"
+
+
+def test_student_zip_holds_every_chapter_and_the_data_they_read(tmp_path):
+    import zipfile
+
+    from bncourse.authoring import ROOT, STUDENT_ZIP, write_student_notebooks
+
+    written = write_student_notebooks(tmp_path)
+    names = set(zipfile.ZipFile(tmp_path / STUDENT_ZIP).namelist())
+    assert {f"bncourse-notebooks/{p.name}" for p in written} <= names
+    assert [p.name for p in written] == [p.name for p in CHAPTERS]
+    for item in (ROOT / "book" / "data").rglob("*"):
+        if item.is_file():
+            rel = item.relative_to(ROOT / "book" / "data").as_posix()
+            assert f"bncourse-notebooks/data/{rel}" in names, f"{rel} is missing from the zip"

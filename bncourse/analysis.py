@@ -1,0 +1,284 @@
+"""Analysis helpers of the gradients chapter: finite-difference sweeps, a wrong gradient, costs.
+
+* :func:`fd_error_sweep`: the error of central differences as a function of the step ``h``.
+* :func:`constants_gradient`: the input gradient obtained when the batch statistics are
+  (wrongly) treated as constants, and :func:`constants_error_vs_batch` to measure how wrong.
+* :func:`saved_bytes_by_variant` and :func:`traffic_per_element`: what each implementation
+  keeps for the backward pass, and how many bytes its kernels read and write per element.
+* :func:`load_bench` and :func:`achieved_bandwidth`: the benchmark table of ``make bench``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .functional import batch_norm_backward, batch_norm_forward, reduction_axes
+from .gradcheck import numerical_gradient, rel_error
+from .layer import BatchNorm, BatchNormFunction, staged_batch_norm
+from .memory import SavedTensors, saved_tensors
+
+__all__ = [
+    "VARIANTS",
+    "FUSED_COMPACT_PASSES",
+    "fd_error_sweep",
+    "norm_rel_error",
+    "constants_gradient",
+    "constants_error_vs_batch",
+    "saved_bytes_by_variant",
+    "traffic_per_element",
+    "load_bench",
+    "achieved_bandwidth",
+    "gradient_consequences",
+]
+
+#: The four implementations the cost section compares, in the order they are shown.
+VARIANTS: tuple[str, ...] = ("torch", "bncourse", "staged", "compiled")
+
+#: Activation-sized tensors that cross a kernel boundary in one training step of the compact
+#: form when the forward and the backward are each one fused kernel: the forward reads x and
+#: writes y and x_hat (3), the backward reads dy and x_hat and writes dx (3).
+FUSED_COMPACT_PASSES: int = 6
+
+
+# --------------------------------------------------------------------------------------
+# Finite differences
+# --------------------------------------------------------------------------------------
+
+
+def _loss(x: np.ndarray, gamma: np.ndarray, dy: np.ndarray, eps: float, dtype: Any) -> float:
+    """$L(x) = \\sum_i dy_i\\, y_i(x)$ in ``dtype``: its gradient is BN's backward of ``dy``."""
+    x_d = x.astype(dtype)
+    y, _ = batch_norm_forward(x_d, gamma.astype(dtype), np.zeros_like(gamma, dtype=dtype), eps)
+    return float(np.sum(dy.astype(dtype) * y, dtype=dtype))
+
+
+def fd_error_sweep(
+    x: np.ndarray,
+    gamma: np.ndarray,
+    dy: np.ndarray,
+    hs: Sequence[float],
+    eps: float = 1e-5,
+    dtype: Any = np.float64,
+) -> np.ndarray:
+    """$\\mathrm{rel\\_error}(dx_{\\text{analytic}}, dx_{\\text{central}}(h))$ for every step ``h``.
+
+    The loss is evaluated in ``dtype`` (float64 or float32); the analytic gradient is the
+    compact backward in float64. Truncation error grows as $h^2$, round-off as
+    $\\varepsilon_{mach}/h$.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    _, cache = batch_norm_forward(x, gamma, np.zeros_like(gamma), eps)
+    analytic, _, _ = batch_norm_backward(dy, cache)
+    errors = []
+    for h in hs:
+        numeric = numerical_gradient(lambda z: _loss(z, gamma, dy, eps, dtype), x, h)
+        errors.append(rel_error(analytic, numeric))
+    return np.array(errors)
+
+
+def norm_rel_error(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
+    """$\\lVert a - b\\rVert / \\lVert b\\rVert$: how far ``a`` is from the reference ``b``."""
+    a = np.asarray(a.detach() if isinstance(a, torch.Tensor) else a, dtype=np.float64)
+    b = np.asarray(b.detach() if isinstance(b, torch.Tensor) else b, dtype=np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+# --------------------------------------------------------------------------------------
+# The "statistics are constants" mistake
+# --------------------------------------------------------------------------------------
+
+
+def constants_gradient(
+    x: torch.Tensor, gamma: torch.Tensor, dy: torch.Tensor, eps: float = 1e-5
+) -> torch.Tensor:
+    """$dx = \\gamma\\, dy / \\sqrt{\\sigma_B^2 + \\epsilon}$: statistics detached.
+
+    The batch statistics are computed from ``x`` but cut off from autograd, as if they were
+    constants: the wrong gradient this chapter measures.
+    """
+    x = x.detach().clone().requires_grad_(True)
+    dims = [0, *range(2, x.dim())]
+    mean = x.mean(dim=dims, keepdim=True).detach()
+    var = x.var(dim=dims, correction=0, keepdim=True).detach()
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    y = gamma.view(shape) * (x - mean) / torch.sqrt(var + eps)
+    (dx,) = torch.autograd.grad(y, x, dy)
+    return dx
+
+
+def _true_gradient(x: torch.Tensor, gamma: torch.Tensor, dy: torch.Tensor,
+                   eps: float = 1e-5) -> torch.Tensor:
+    x = x.detach().clone().requires_grad_(True)
+    y, _, _ = BatchNormFunction.apply(x, gamma, None, eps)
+    (dx,) = torch.autograd.grad(y, x, dy)
+    return dx
+
+
+def constants_error_vs_batch(
+    sizes: Sequence[int], seed: int = 0, channels: int = 16
+) -> dict[str, np.ndarray]:
+    """$\\lVert dx_{\\text{const}} - dx\\rVert / \\lVert dx\\rVert$ per batch size $m$.
+
+    ``"random"``: $dy$ is standard normal noise. ``"shift"``: $dy = 1 + 0.1\\,\\text{noise}$,
+    a loss that mostly asks every output of a channel to move the same way (which the mean
+    subtraction cancels). Inputs are float64, $\\gamma = 1$.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    gamma = torch.ones(channels, dtype=torch.float64)
+    out: dict[str, list[float]] = {"random": [], "shift": []}
+    for m in sizes:
+        x = 3.0 + 2.0 * torch.randn(m, channels, generator=gen, dtype=torch.float64)
+        noise = torch.randn(m, channels, generator=gen, dtype=torch.float64)
+        for name, dy in (("random", noise), ("shift", 1.0 + 0.1 * noise)):
+            wrong = constants_gradient(x, gamma, dy)
+            right = _true_gradient(x, gamma, dy)
+            out[name].append(norm_rel_error(wrong, right))
+    return {k: np.array(v) for k, v in out.items()}
+
+
+# --------------------------------------------------------------------------------------
+# Costs: memory saved for backward, bytes moved
+# --------------------------------------------------------------------------------------
+
+
+def _variant(
+    variant: str, shape: tuple[int, ...], seed: int, dtype: torch.dtype
+) -> tuple[Callable[[], torch.Tensor], torch.Tensor, list[torch.Tensor]]:
+    """The training-mode forward of ``variant`` on a seeded input, as ``make bench`` runs it.
+
+    Returns ``(forward, x, [gamma, beta])``: torch's and bncourse's layers, or the staged formula.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen, dtype=dtype).requires_grad_(True)
+    c, ndim = shape[1], len(shape)
+    if variant in ("torch", "bncourse"):
+        if variant == "bncourse":
+            layer: torch.nn.Module = BatchNorm(c, eps=1e-5, dtype=dtype)
+        elif ndim in (2, 3):
+            layer = torch.nn.BatchNorm1d(c, eps=1e-5, dtype=dtype)
+        elif ndim == 4:
+            layer = torch.nn.BatchNorm2d(c, eps=1e-5, dtype=dtype)
+        else:
+            layer = torch.nn.BatchNorm3d(c, eps=1e-5, dtype=dtype)
+        layer.train()
+        return (lambda: layer(x)), x, [layer.weight, layer.bias]
+    if variant == "staged":
+        w = torch.ones(c, dtype=dtype, requires_grad=True)
+        b = torch.zeros(c, dtype=dtype, requires_grad=True)
+        return (lambda: staged_batch_norm(x, w, b, 1e-5)), x, [w, b]
+    raise ValueError(f"unknown variant {variant!r}; choose one of torch, bncourse, staged")
+
+
+def saved_bytes_by_variant(
+    shape: tuple[int, ...], variants: Sequence[str] = ("torch", "bncourse", "staged"),
+    seed: int = 0, dtype: torch.dtype = torch.float32,
+) -> dict[str, SavedTensors]:
+    """What autograd keeps for the backward pass of one training-mode forward, per variant."""
+    report = {}
+    for variant in variants:
+        forward, _, _ = _variant(variant, tuple(shape), seed, dtype)
+        report[variant] = saved_tensors(forward)
+    return report
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    """Bytes a kernel touches to read or write ``t``: a broadcast tensor is read once."""
+    return min(t.numel() * t.element_size(), t.untyped_storage().nbytes())
+
+
+class _TrafficCounter(TorchDispatchMode):
+    """Adds up the bytes of every tensor each aten kernel reads and writes (views move none)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nbytes = 0
+        self.kernels = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        out = func(*args, **(kwargs or {}))
+        inputs = [a for a in torch.utils._pytree.tree_leaves((args, kwargs or {}))
+                  if isinstance(a, torch.Tensor)]
+        outputs = [o for o in torch.utils._pytree.tree_leaves(out) if isinstance(o, torch.Tensor)]
+        storages = {t.untyped_storage().data_ptr() for t in inputs}
+        if outputs and all(o.untyped_storage().data_ptr() in storages for o in outputs):
+            return out  # a view, a detach or an in-place op on its own input: no new traffic
+        self.kernels += 1
+        self.nbytes += sum(_nbytes(t) for t in inputs) + sum(_nbytes(t) for t in outputs)
+        return out
+
+
+def traffic_per_element(
+    variant: str, shape: tuple[int, ...] = (256, 64), seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[float, int]:
+    """Bytes read and written per input element by one eager forward and backward; kernels run.
+
+    Every tensor an aten kernel receives is counted as read once and every tensor it returns
+    as written once: a lower bound on the memory traffic of the eager implementation.
+    """
+    forward, x, params = _variant(variant, tuple(shape), seed, dtype)
+    dy = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1), dtype=dtype)
+    with _TrafficCounter() as counter:
+        y = forward()
+        torch.autograd.grad(y, [x, *params], dy)
+    return counter.nbytes / x.numel(), counter.kernels
+
+
+# --------------------------------------------------------------------------------------
+# The benchmark table
+# --------------------------------------------------------------------------------------
+
+_MACHINE_KEYS = ("cpu", "cores", "threads", "torch", "python", "date")
+_ROW_KEYS = ("shape", "variant", "median_ms", "ratio_to_torch", "saved_bytes")
+
+
+def load_bench(path: str | Path) -> dict[str, Any]:
+    """Read the table ``make bench`` writes, checking that it has the fields the chapter uses."""
+    with open(path, encoding="utf-8") as f:
+        bench = json.load(f)
+    missing = [k for k in ("machine", "dtype", "shapes", "rows") if k not in bench]
+    missing += [f"machine.{k}" for k in _MACHINE_KEYS if k not in bench.get("machine", {})]
+    for i, row in enumerate(bench.get("rows", [])):
+        missing += [f"rows[{i}].{k}" for k in _ROW_KEYS if k not in row]
+        if row.get("variant") not in VARIANTS:
+            missing.append(f"rows[{i}].variant (got {row.get('variant')!r})")
+    if missing:
+        raise ValueError(
+            f"{path} is not a benchmark table: missing or invalid {', '.join(missing)}"
+        )
+    return bench
+
+
+def achieved_bandwidth(
+    bench: dict[str, Any], bytes_per_element: dict[str, float]
+) -> list[dict[str, Any]]:
+    """$\\text{GB/s} = \\text{bytes per element} \\times n / t$ per table row.
+
+    ``bytes_per_element`` gives, per variant, the bytes a step reads and writes per input
+    element (from :func:`traffic_per_element`, or ``FUSED_COMPACT_PASSES`` times the item
+    size for the compiled form); rows of other variants are skipped.
+    """
+    rows = []
+    for row in bench["rows"]:
+        if row["variant"] not in bytes_per_element:
+            continue
+        numel = int(np.prod(row["shape"]))
+        moved = bytes_per_element[row["variant"]] * numel
+        rows.append({"shape": tuple(row["shape"]), "variant": row["variant"],
+                     "median_ms": row["median_ms"],
+                     "gb_per_s": moved / (row["median_ms"] * 1e-3) / 1e9})
+    return rows
+
+
+def gradient_consequences(dx: np.ndarray, x_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel: $\\sum_i dx_i$ and $\\sum_i dx_i \\hat{x}_i$ over $\\lVert dx\\rVert$."""
+    axes = reduction_axes(dx.ndim)
+    norm = np.sqrt((dx * dx).sum(axis=axes))
+    return dx.sum(axis=axes) / norm, (dx * x_hat).sum(axis=axes) / norm

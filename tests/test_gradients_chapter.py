@@ -1,0 +1,235 @@
+"""The gradients chapter: its analysis helpers, its figures and its exercises."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+
+from bncourse import analysis
+from bncourse.exercises import NOT_ATTEMPTED, PASSED, check
+from bncourse.exercises import gradients as ex
+from bncourse.functional import batch_norm_backward, batch_norm_forward, reduction_axes
+
+from .strategies import BNInput, bn_inputs
+
+# --------------------------------------------------------------------------------------
+# The consequences of the compact form
+# --------------------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(bn_inputs())
+def test_input_gradient_sums_to_zero_and_is_orthogonal_to_x_hat_up_to_eps(inp: BNInput):
+    _, cache = batch_norm_forward(inp.x, inp.gamma, inp.beta, inp.eps)
+    dx, dgamma, _ = batch_norm_backward(inp.dy, cache)
+    axes = reduction_axes(inp.x.ndim)
+    scale = np.abs(inp.gamma * cache.inv_std) * np.abs(inp.dy).sum(axis=axes) + 1e-300
+    total = dx.sum(axis=axes)
+    assert np.all(np.abs(total) <= 1e-10 * scale), f"sum of dx over the batch: {total}"
+    measured = (dx * cache.x_hat).sum(axis=axes)
+    predicted = inp.gamma * dgamma * cache.inv_std * inp.eps / (cache.var + inp.eps)
+    err = np.abs(measured - predicted)
+    assert np.all(err <= 1e-9 * scale), (
+        f"sum of dx * x_hat {measured} differs from the prediction {predicted} by {err}"
+    )
+
+
+def test_gradient_consequences_are_zero_for_the_true_gradient_and_not_for_dy():
+    rng = np.random.default_rng(1)
+    x, dy, gamma = rng.normal(size=(16, 3)), rng.normal(size=(16, 3)), np.ones(3)
+    _, cache = batch_norm_forward(x, gamma, np.zeros(3), eps=0.0)
+    dx, _, _ = batch_norm_backward(dy, cache)
+    s, o = analysis.gradient_consequences(dx, cache.x_hat)
+    assert np.abs(s).max() < 1e-13 and np.abs(o).max() < 1e-13, (s, o)
+    s_dy, _ = analysis.gradient_consequences(dy, cache.x_hat)
+    assert np.abs(s_dy).max() > 1e-3, "dy itself is not centred, the check must see that"
+
+
+# --------------------------------------------------------------------------------------
+# Finite differences
+# --------------------------------------------------------------------------------------
+
+
+def _small_batch():
+    rng = np.random.default_rng(0)
+    return rng.normal(2.0, 3.0, (6, 2)), rng.uniform(0.5, 2.0, 2), rng.normal(size=(6, 2))
+
+
+def test_fd_sweep_float64_is_most_accurate_at_a_middle_step():
+    x, gamma, dy = _small_batch()
+    hs = np.logspace(-12, -0.5, 24)
+    err = analysis.fd_error_sweep(x, gamma, dy, hs)
+    best = hs[int(np.argmin(err))]
+    assert 1e-7 <= best <= 1e-3, f"the best step is {best:.1e}, expected near 1e-5"
+    assert err.min() < 1e-9, f"best relative error {err.min():.1e}"
+    assert err[0] > 1e3 * err.min(), "round-off must dominate at h = 1e-12"
+    assert err[-1] > 1e3 * err.min(), "truncation must dominate at h = 0.3"
+
+
+def test_fd_sweep_float32_cannot_reach_float64_accuracy():
+    x, gamma, dy = _small_batch()
+    hs = np.logspace(-8, -0.5, 12)
+    err32 = analysis.fd_error_sweep(x, gamma, dy, hs, dtype=np.float32)
+    assert err32.min() > 1e-7, f"float32 reached {err32.min():.1e}"
+
+
+def test_fd_sweep_detects_a_wrong_analytic_gradient():
+    # Sanity of the instrument: the same sweep against the "constants" gradient fails.
+    x, gamma, dy = _small_batch()
+    _, cache = batch_norm_forward(x, gamma, np.zeros(2))
+    wrong = gamma * dy * cache.inv_std
+    numeric = analysis.numerical_gradient(
+        lambda z: analysis._loss(z, gamma, dy, 1e-5, np.float64), x, 1e-5)
+    assert analysis.rel_error(wrong, numeric) > 1e-2
+
+
+# --------------------------------------------------------------------------------------
+# The "statistics are constants" gradient
+# --------------------------------------------------------------------------------------
+
+
+def test_constants_gradient_equals_the_direct_path_only():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 3, generator=g, dtype=torch.float64)
+    gamma = torch.rand(3, generator=g, dtype=torch.float64) + 0.5
+    dy = torch.randn(8, 3, generator=g, dtype=torch.float64)
+    got = analysis.constants_gradient(x, gamma, dy)
+    want = gamma * dy / torch.sqrt(x.var(0, correction=0) + 1e-5)
+    assert torch.allclose(got, want, rtol=1e-12, atol=0), (got - want).abs().max()
+
+
+def test_constants_error_shrinks_for_noise_and_stays_near_ten_for_a_shift():
+    errors = analysis.constants_error_vs_batch([16, 1024], seed=0)
+    assert errors["random"][1] < errors["random"][0] / 3, errors["random"]
+    assert 5.0 < errors["shift"][1] < 20.0, errors["shift"]
+
+
+# --------------------------------------------------------------------------------------
+# Costs
+# --------------------------------------------------------------------------------------
+
+
+def test_saved_bytes_compact_keeps_one_activation_and_staged_two():
+    saved = analysis.saved_bytes_by_variant((32, 16))
+    numel = 32 * 16
+    assert saved["bncourse"].activation_sized(numel) == 1
+    assert saved["staged"].activation_sized(numel) == 2
+    assert saved["torch"].activation_sized(numel) == 1
+    ratio = saved["staged"].nbytes / saved["bncourse"].nbytes
+    assert 1.9 < ratio < 2.1, f"staged saves {ratio:.2f} times what the compact form saves"
+
+
+def test_traffic_counts_native_kernels_as_five_tensor_passes():
+    per_element, kernels = analysis.traffic_per_element("torch", (64, 32))
+    assert kernels == 3
+    # x read, y written; dy and x read, dx written: 5 float32 passes plus per-channel vectors.
+    assert 20.0 <= per_element < 21.0, per_element
+
+
+def test_traffic_of_eager_variants_exceeds_the_native_kernels():
+    t = {v: analysis.traffic_per_element(v, (64, 32))[0] for v in ("torch", "bncourse", "staged")}
+    assert t["torch"] < t["bncourse"] < t["staged"], t
+
+
+def test_unknown_variant_is_rejected_with_the_choices():
+    with pytest.raises(ValueError, match="torch, bncourse, staged"):
+        analysis.saved_bytes_by_variant((4, 2), variants=("keras",))
+
+
+def _bench(tmp_path, **changes):
+    table = {
+        "machine": {"cpu": "test", "cores": 2, "threads": 2, "torch": "x", "python": "3",
+                    "date": "today"},
+        "dtype": "float32",
+        "shapes": [[4, 2]],
+        "rows": [{"shape": [4, 2], "variant": v, "median_ms": 1.0, "ratio_to_torch": 1.0,
+                  "saved_bytes": 32} for v in analysis.VARIANTS],
+    }
+    table.update(changes)
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(table))
+    return path
+
+
+def test_load_bench_accepts_the_schema_and_names_missing_fields(tmp_path):
+    bench = analysis.load_bench(_bench(tmp_path))
+    assert len(bench["rows"]) == 4
+    with pytest.raises(ValueError, match="machine.cpu"):
+        analysis.load_bench(_bench(tmp_path, machine={"cores": 2}))
+
+
+def test_achieved_bandwidth_is_bytes_over_time(tmp_path):
+    bench = analysis.load_bench(_bench(tmp_path))
+    rows = analysis.achieved_bandwidth(bench, {"torch": 20.0})
+    assert len(rows) == 1
+    assert rows[0]["gb_per_s"] == pytest.approx(20.0 * 8 / 1e-3 / 1e9)
+
+
+# --------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------
+
+
+def test_figures_have_titles_and_labelled_axes(tmp_path):
+    from bncourse.plotting import gradients as plots
+
+    x, gamma, dy = _small_batch()
+    hs = np.logspace(-10, -1, 6)
+    figs = [
+        plots.plot_fd_sweep(hs, analysis.fd_error_sweep(x, gamma, dy, hs)),
+        plots.plot_constants_error([8, 16], analysis.constants_error_vs_batch([8, 16])),
+        plots.plot_cost(analysis.load_bench(_bench(tmp_path))),
+    ]
+    for fig in figs:
+        for ax in fig.axes:
+            assert ax.get_title(), "every panel states its finding in a title"
+            assert ax.get_xlabel() and ax.get_ylabel(), f"unlabelled axes in {ax.get_title()!r}"
+    graph = plots.plot_forward_graph()
+    assert graph.axes[0].get_title()
+    assert len(graph.axes[0].texts) >= 9
+
+
+# --------------------------------------------------------------------------------------
+# Exercises
+# --------------------------------------------------------------------------------------
+
+
+def test_param_grads_reference_matches_the_full_backward():
+    for case in ex.param_grad_cases():
+        dy, x_hat = case.args
+        dgamma, dbeta = ex._reference_param_grads(dy, x_hat)
+        axes = reduction_axes(dy.ndim)
+        assert dgamma.shape == (dy.shape[1],)
+        np.testing.assert_allclose(dbeta, dy.sum(axis=axes))
+
+
+def test_sum_dx_value_is_what_the_backward_computes():
+    _, cache = batch_norm_forward(ex.SUM_DX_X, ex.SUM_DX_GAMMA, np.zeros(1), ex.SUM_DX_EPS)
+    total = float(batch_norm_backward(ex.SUM_DX_DY, cache)[0].sum())
+    assert check("gradients.sum_dx", total).status == PASSED, total
+
+
+def test_buggy_backward_is_wrong_only_in_dx():
+    rng = np.random.default_rng(3)
+    x, gamma, dy = rng.normal(size=(8, 3)), rng.uniform(0.5, 2, 3), rng.normal(size=(8, 3))
+    _, cache = batch_norm_forward(x, gamma, np.zeros(3))
+    right = batch_norm_backward(dy, cache)
+    wrong = ex.buggy_backward(dy, x, gamma, 1e-5)
+    assert analysis.rel_error(right[0], wrong[0]) > 1e-2
+    np.testing.assert_allclose(wrong[1], right[1], rtol=1e-12)
+    np.testing.assert_allclose(wrong[2], right[2], rtol=1e-12)
+
+
+@pytest.mark.parametrize("exercise", ex.EXERCISES, ids=lambda e: e.id)
+def test_chapter_exercises_name_every_catalogued_mistake(exercise):
+    for mistake in exercise.mistakes:
+        result = check(exercise.id, mistake.answer)
+        assert result.mistake == mistake.name, (
+            f"{exercise.id}: the answer of mistake {mistake.name!r} was judged "
+            f"{result.status} / {result.mistake!r}: {result.message}"
+        )
+    assert check(exercise.id, None).status == NOT_ATTEMPTED
