@@ -1,0 +1,311 @@
+r"""Scale invariance of batch normalization, its gradients, and Jacobians of BN'd networks.
+
+* $\mathrm{BN}((a w)^T x) = \mathrm{BN}(w^T x)$ for $a > 0$ when $\epsilon = 0$
+  (:func:`projection_bn`, :func:`scale_deviation`, :func:`scale_deviation_theory`).
+* $\nabla_x$ is unchanged by the scale of $w$ and $\nabla_{a w} L = \nabla_w L / a$
+  (:func:`projection_gradients`).
+* Plain SGD grows $\|w\|$; weight decay sets an equilibrium (:func:`train_scale_invariant`).
+* $J J^T$ of one BN'd layer under whitened inputs (:func:`whiten`, :func:`bn_layer_jacobian`),
+  and gradients and input-output Jacobians of deep MLPs with and without BN at
+  initialization (:func:`gradient_norms_by_depth`, :func:`input_output_jacobian`).
+
+Every function is seeded and works in float64. Nothing here shows progress.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .functional import batch_norm_forward
+from .layer import BatchNorm, staged_batch_norm
+
+__all__ = [
+    "projection_bn",
+    "scale_deviation",
+    "scale_deviation_theory",
+    "projection_gradients",
+    "TrainingRecord",
+    "train_scale_invariant",
+    "equilibrium_angular_update",
+    "whiten",
+    "bn_layer_jacobian",
+    "deep_mlp_weights",
+    "deep_mlp_forward",
+    "gradient_norms_by_depth",
+    "input_output_jacobian",
+]
+
+
+# --------------------------------------------------------------------------------------
+# Scale invariance of BN(w^T x)
+# --------------------------------------------------------------------------------------
+
+
+def projection_bn(x: np.ndarray, w: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    r"""$\hat z = \mathrm{BN}(X w)$ with $\gamma = 1, \beta = 0$.
+
+    ``x`` is ``(N, d)``, ``w`` is ``(d,)``; returns ``(N,)``.
+    """
+    z = (np.asarray(x, dtype=np.float64) @ np.asarray(w, dtype=np.float64))[:, None]
+    return batch_norm_forward(z, np.ones(1), np.zeros(1), eps)[0][:, 0]
+
+
+def scale_deviation(
+    x: np.ndarray, w: np.ndarray, scales: np.ndarray, eps: float = 1e-5
+) -> np.ndarray:
+    r"""$\max_i |\mathrm{BN}(X a w)_i - \mathrm{BN}(X w)_i|$ for each $a$ in ``scales``."""
+    base = projection_bn(x, w, eps)
+    return np.array([np.max(np.abs(projection_bn(x, a * w, eps) - base)) for a in scales])
+
+
+def scale_deviation_theory(
+    x: np.ndarray, w: np.ndarray, scales: np.ndarray, eps: float = 1e-5
+) -> np.ndarray:
+    r"""$\max_i|z_i - \mu| \cdot |a/\sqrt{a^2\sigma^2+\epsilon} - 1/\sqrt{\sigma^2+\epsilon}|$.
+
+    The closed form of :func:`scale_deviation`, with $z = X w$, $\mu$ and $\sigma^2$ its
+    batch mean and biased variance.
+    """
+    z = np.asarray(x, dtype=np.float64) @ np.asarray(w, dtype=np.float64)
+    centred = z - z.mean()
+    var = np.mean(centred**2)
+    scales = np.asarray(scales, dtype=np.float64)
+    factor = np.abs(scales / np.sqrt(scales**2 * var + eps) - 1.0 / np.sqrt(var + eps))
+    return np.max(np.abs(centred)) * factor
+
+
+def projection_gradients(
+    x: np.ndarray, w: np.ndarray, upstream: np.ndarray, eps: float = 1e-5
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""$(\nabla_X L, \nabla_w L)$ for $L = \sum_i u_i \mathrm{BN}(X w)_i$, by autograd in float64.
+
+    Autograd runs through the staged formula (:func:`bncourse.layer.staged_batch_norm`),
+    which accepts ``eps = 0``; torch's own ``batch_norm`` refuses ``eps = 0`` in training mode.
+    """
+    xt = torch.tensor(np.asarray(x), dtype=torch.float64, requires_grad=True)
+    wt = torch.tensor(np.asarray(w), dtype=torch.float64, requires_grad=True)
+    u = torch.tensor(np.asarray(upstream), dtype=torch.float64)
+    z = (xt @ wt)[:, None]
+    one = torch.ones(1, dtype=torch.float64)
+    y = staged_batch_norm(z, one, torch.zeros(1, dtype=torch.float64), eps)[:, 0]
+    (u * y).sum().backward()
+    return xt.grad.numpy(), wt.grad.numpy()
+
+
+# --------------------------------------------------------------------------------------
+# A short training run: weight norm and effective learning rate
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    r"""What :func:`train_scale_invariant` records at every step ``t`` of SGD.
+
+    ``row_norms[t, k]`` is $\|w_k\|$ of row $k$ of the BN'd weight before step ``t`` (one
+    more entry than steps); ``effective_lr[t]`` is the mean over rows of
+    $\eta / \|w_k\|^2$; ``angular_update[t]`` the mean angle (radians) between $w_k$
+    before and after step ``t``; ``loss[t]`` the minibatch loss; ``grad_sq[t]``
+    $\|G_t\|_F^2$ of the loss gradient (weight decay excluded); ``cosine[t]`` the
+    largest $|\cos(w_k, g_k)|$ over rows.
+    """
+
+    lr: float
+    weight_decay: float
+    row_norms: np.ndarray
+    effective_lr: np.ndarray
+    angular_update: np.ndarray
+    loss: np.ndarray
+    grad_sq: np.ndarray
+    cosine: np.ndarray
+
+    @property
+    def weight_norm(self) -> np.ndarray:
+        r"""$\|W\|_F$ before every step."""
+        return np.sqrt(np.sum(self.row_norms**2, axis=1))
+
+
+def _teacher_data(n: int, d: int, classes: int, seed: int) -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    teacher = torch.randn(d, classes, generator=g, dtype=torch.float64)
+    y = torch.argmax(torch.tanh(x @ teacher) + 0.5 * (x**2) @ teacher / d, dim=1)
+    return x, y
+
+
+def train_scale_invariant(
+    steps: int = 600,
+    lr: float = 0.5,
+    weight_decay: float = 0.0,
+    init_scale: float = 1.0,
+    lr_other: float = 0.05,
+    eps: float = 1e-5,
+    hidden: int = 32,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> TrainingRecord:
+    r"""SGD on $x \mapsto V\,\mathrm{ReLU}(\mathrm{BN}(W x))$ with cross-entropy; $W$ gets ``lr``
+    and ``weight_decay``, BN's $\gamma, \beta$ and $V$ get ``lr_other`` and no decay.
+
+    The data (512 points in 16 dimensions, 4 classes from a fixed random teacher), the
+    initialization (``W`` scaled by ``init_scale``) and the minibatch order come from ``seed``.
+    """
+    x, y = _teacher_data(512, 16, 4, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    w = (init_scale * torch.randn(hidden, 16, generator=g, dtype=torch.float64) / 4.0)
+    w.requires_grad_(True)
+    bn = BatchNorm(hidden, eps=eps, dtype=torch.float64)
+    v = (torch.randn(4, hidden, generator=g, dtype=torch.float64) / hidden**0.5).requires_grad_()
+    others = [*bn.parameters(), v]
+    order = torch.randint(0, x.shape[0], (steps, batch_size), generator=g)
+
+    row_norms = [w.detach().norm(dim=1).numpy().copy()]
+    losses, grad_sq, angles, cosines = [], [], [], []
+    for t in range(steps):
+        xb, yb = x[order[t]], y[order[t]]
+        loss = F.cross_entropy(F.relu(bn(xb @ w.T)) @ v.T, yb)
+        grads = torch.autograd.grad(loss, [w, *others])
+        with torch.no_grad():
+            gw = grads[0]
+            before = w.detach().clone()
+            cos = (before * gw).sum(1).abs() / (before.norm(dim=1) * gw.norm(dim=1) + 1e-300)
+            w.mul_(1.0 - lr * weight_decay).sub_(lr * gw)
+            for p, gp in zip(others, grads[1:], strict=True):
+                p.sub_(lr_other * gp)
+            after = w.detach()
+            c = (before * after).sum(1) / (before.norm(dim=1) * after.norm(dim=1))
+            angles.append(float(torch.arccos(c.clamp(-1.0, 1.0)).mean()))
+        losses.append(float(loss.detach()))
+        grad_sq.append(float((gw**2).sum()))
+        cosines.append(float(cos.max()))
+        row_norms.append(w.detach().norm(dim=1).numpy().copy())
+    norms = np.array(row_norms)
+    return TrainingRecord(
+        lr=lr,
+        weight_decay=weight_decay,
+        row_norms=norms,
+        effective_lr=np.mean(lr / norms**2, axis=1),
+        angular_update=np.array(angles),
+        loss=np.array(losses),
+        grad_sq=np.array(grad_sq),
+        cosine=np.array(cosines),
+    )
+
+
+def equilibrium_angular_update(lr: float, weight_decay: float) -> float:
+    r"""$\sqrt{2\eta\lambda - (\eta\lambda)^2}$: the step angle (tangent) at a steady norm.
+
+    With weight decay, $\|w'\|^2 = (1-\eta\lambda)^2\|w\|^2 + \eta^2\|g\|^2$ equals
+    $\|w\|^2$ exactly when $\eta\|g\|/\|w\|$ takes this value.
+    """
+    p = lr * weight_decay
+    return float(np.sqrt(2.0 * p - p * p))
+
+
+# --------------------------------------------------------------------------------------
+# The layer-Jacobian claim: J J^T under whitened inputs
+# --------------------------------------------------------------------------------------
+
+
+def whiten(x: np.ndarray) -> np.ndarray:
+    r"""ZCA whitening in the sample: $(X - \bar X) C^{-1/2}$.
+
+    $C$ is the biased sample covariance, so the result has mean 0 and covariance $I$.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    centred = x - x.mean(axis=0)
+    cov = centred.T @ centred / x.shape[0]
+    vals, vecs = np.linalg.eigh(cov)
+    return centred @ (vecs / np.sqrt(vals)) @ vecs.T
+
+
+def bn_layer_jacobian(x: np.ndarray, w: np.ndarray, eps: float = 0.0) -> np.ndarray:
+    r"""$J = \mathrm{diag}(1/\sqrt{\sigma_k^2 + \epsilon})\,W$, the Jacobian of $\mathrm{BN}(W x)$.
+
+    The batch statistics $\sigma_k^2$ (of row $k$ of ``w`` over the batch ``x``) are held
+    fixed. ``x`` is ``(N, d)``, ``w`` is ``(k, d)``; returns ``(k, d)``.
+    """
+    z = np.asarray(x, dtype=np.float64) @ np.asarray(w, dtype=np.float64).T
+    var = z.var(axis=0)
+    return w / np.sqrt(var + eps)[:, None]
+
+
+# --------------------------------------------------------------------------------------
+# Deep MLPs at initialization, with and without BN
+# --------------------------------------------------------------------------------------
+
+
+def deep_mlp_weights(depth: int, width: int, seed: int = 0) -> list[Tensor]:
+    r"""``depth`` square weights with He initialization, entries $\mathcal N(0, 2/\text{width})$."""
+    g = torch.Generator().manual_seed(seed)
+    return [
+        torch.randn(width, width, generator=g, dtype=torch.float64) * (2.0 / width) ** 0.5
+        for _ in range(depth)
+    ]
+
+
+def deep_mlp_forward(
+    x: Tensor, weights: list[Tensor], use_bn: bool, eps: float = 1e-5
+) -> list[Tensor]:
+    r"""$h_0 = x$, $h_l = \mathrm{ReLU}(\mathrm{BN}(h_{l-1} W_l^T))$, $h_L$ without the ReLU.
+
+    BN (training mode, $\gamma = 1$, $\beta = 0$) is left out when ``use_bn`` is False.
+    """
+    hs = [x]
+    width = weights[0].shape[0]
+    ones = torch.ones(width, dtype=x.dtype)
+    zeros = torch.zeros(width, dtype=x.dtype)
+    for layer, w in enumerate(weights, start=1):
+        z = hs[-1] @ w.T
+        if use_bn:
+            z = staged_batch_norm(z, ones, zeros, eps)
+        hs.append(torch.relu(z) if layer < len(weights) else z)
+    return hs
+
+
+def _readout(width: int, batch: int, seed: int) -> Tensor:
+    g = torch.Generator().manual_seed(seed + 10_000)
+    return torch.randn(batch, width, generator=g, dtype=torch.float64)
+
+
+def _input_batch(width: int, batch: int, seed: int) -> Tensor:
+    g = torch.Generator().manual_seed(seed + 20_000)
+    return torch.randn(batch, width, generator=g, dtype=torch.float64)
+
+
+def gradient_norms_by_depth(
+    depth: int, width: int, batch: int, use_bn: bool, seed: int = 0
+) -> np.ndarray:
+    r"""$\|\partial L/\partial h_l\|_F$ for $l = 0, \dots, L$, where $L = \sum c \odot h_L$.
+
+    $c$ is a fixed random readout; the weights, input batch and $c$ come from ``seed``.
+    """
+    x = _input_batch(width, batch, seed)
+    hs = deep_mlp_forward(x.requires_grad_(), deep_mlp_weights(depth, width, seed), use_bn)
+    loss = (_readout(width, batch, seed) * hs[-1]).sum()
+    grads = torch.autograd.grad(loss, hs)
+    return np.array([float(gr.norm()) for gr in grads])
+
+
+def input_output_jacobian(
+    depth: int, width: int, batch: int, use_bn: bool, seed: int = 0
+) -> np.ndarray:
+    r"""$\partial\,\mathrm{vec}(h_L)/\partial\,\mathrm{vec}(x)$ over the whole batch.
+
+    Shape ``(batch * width, batch * width)``, row-major ``vec``.
+
+    In training mode BN couples the examples of a batch, so the Jacobian is taken over the
+    whole batch at once, not one example at a time.
+    """
+    x = _input_batch(width, batch, seed)
+    weights = deep_mlp_weights(depth, width, seed)
+
+    def f(inp: Tensor) -> Tensor:
+        return deep_mlp_forward(inp, weights, use_bn)[-1].reshape(-1)
+
+    jac = torch.autograd.functional.jacobian(f, x, vectorize=True)
+    return jac.reshape(batch * width, batch * width).numpy()
