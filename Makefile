@@ -1,4 +1,5 @@
 # The course's commands. `make book` and `make test` do all set-up themselves.
+# `make browser` tests the site that `make book` built, in headless Chromium.
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
@@ -7,6 +8,8 @@ PYTHON_SYSTEM ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The site serves its own MathJax, installed from the npm registry as package-lock.json pins it.
+MATHJAX := node_modules/mathjax/es5/tex-mml-chtml.js
 # Notebooks listed in _toc.yml, in book order.
 NOTEBOOKS = $(shell $(PY) -m bncourse.authoring notebooks)
 # Readers who run a chapter themselves see progress bars; stored outputs never do.
@@ -15,11 +18,12 @@ export PYTHONHASHSEED := 0
 # Keep matplotlib state inside the build, not in the user's home.
 export MPLCONFIGDIR := $(CURDIR)/_build/.mplconfig
 
-.PHONY: help setup book test unit nbval student execute bench lint clean
+.PHONY: help setup book test unit nbval browser student execute bench lint clean
 
 help:
 	@echo "make book     build the site into _build/html (every chapter executed, warnings as errors)"
 	@echo "make test     unit tests, property tests and nbval over every chapter"
+	@echo "make browser  open every page of the built site in headless Chromium (after make book)"
 	@echo "make execute  re-execute the chapters in place (after changing bncourse or a chapter)"
 	@echo "make student  write the student notebooks (solutions removed) to _build/student"
 	@echo "make bench    benchmark bncourse.BatchNorm against torch (prints a table)"
@@ -34,22 +38,35 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-setup: $(STAMP)
+$(MATHJAX): package.json package-lock.json
+	@command -v npm >/dev/null || { echo "npm (Node.js) is needed to install MathJax"; exit 1; }
+	npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	touch $(MATHJAX)
 
-book: $(STAMP) student
+setup: $(STAMP) $(MATHJAX)
+
+# _build/html and the doctrees are written afresh: every chapter is executed on every build, and a
+# page whose chapter left the toc does not linger on the site.
+book: $(STAMP) $(MATHJAX) student
+	rm -rf _build/html _build/.doctrees
 	$(VENV)/bin/jupyter-book build . --builder html -W -n --keep-going
 	@echo "Open _build/html/index.html"
 
 test: $(STAMP)
-	$(PY) -m pytest tests $(NOTEBOOKS) --nbval --nbval-current-env \
+	$(PY) -m pytest tests --ignore=tests/browser $(NOTEBOOKS) --nbval --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
 
 unit: $(STAMP)
-	$(PY) -m pytest tests -p no:cacheprovider
+	$(PY) -m pytest tests --ignore=tests/browser -p no:cacheprovider
 
 nbval: $(STAMP)
 	$(PY) -m pytest $(NOTEBOOKS) --nbval --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
+
+# Serves _build/html on 127.0.0.1 and drives the system's Chromium (CHROMIUM=/usr/bin/chromium);
+# full-page screenshots of the book's pages go to _build/screenshots.
+browser: $(STAMP)
+	$(PY) -m pytest tests/browser -p no:cacheprovider
 
 student: $(STAMP)
 	$(PY) -m bncourse.authoring student _build/student
