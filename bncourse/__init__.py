@@ -5,7 +5,10 @@ Layers, each using only those above it:
 * ``bncourse.functional``: the formulas in NumPy (the reference).
 * ``bncourse.layer``: the same formulas as a PyTorch module and autograd Function
   (``bncourse.BatchNorm``).
-* ``bncourse.gradcheck``, ``bncourse.jacobian``, ``bncourse.memory``: analysis helpers.
+* ``bncourse.gradcheck``, ``bncourse.jacobian``, ``bncourse.memory``, ``bncourse.analysis``,
+  ``bncourse.networks``, ``bncourse.invariance``, ``bncourse.freezing``,
+  ``bncourse.training``: analysis helpers, small networks, training loops and data.
+* ``bncourse.bench``: the benchmark behind ``make bench``.
 * ``bncourse.exercises``: auto-checked exercises and their catalogues of mistakes.
 * ``bncourse.plotting``: figures (the only module that imports matplotlib).
 
@@ -27,7 +30,8 @@ _LAZY_ATTRIBUTES = {
     "BatchNormFunction": ("bncourse.layer", "BatchNormFunction"),
 }
 _LAZY_MODULES = {
-    "layer", "gradcheck", "jacobian", "memory", "exercises", "plotting", "authoring", "bench",
+    "layer", "gradcheck", "jacobian", "memory", "analysis", "networks", "invariance",
+    "freezing", "training", "exercises", "plotting", "authoring", "bench",
 }
 
 __all__ = ["functional", "BatchNorm", "BatchNormFunction", *sorted(_LAZY_MODULES)]

@@ -80,3 +80,23 @@ def test_saved_tensors_counts_shared_storage_once():
     x = torch.randn(10, requires_grad=True)
     report = saved_tensors(lambda: (x * x).sum())
     assert report.count == 1 and report.nbytes == 40, report.shapes
+
+
+def test_import_bncourse_is_light():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, bncourse; "
+        "heavy = [m for m in ('torch', 'matplotlib', 'sklearn') if m in sys.modules]; "
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"import bncourse pulled in {out.stdout.strip()}"
+
+
+def test_lazy_attributes_resolve():
+    import bncourse
+
+    assert bncourse.BatchNorm.__name__ == "BatchNorm"
+    assert bncourse.jacobian.batch_norm_jacobian is batch_norm_jacobian
