@@ -192,3 +192,10 @@ def test_choice_answers_are_case_insensitive():
         assert check(exercise.id, exercise.answer.upper()).passed
         assert check(exercise.id, f" {exercise.answer} ").passed
         assert "not an option" in check(exercise.id, "zz").message
+
+
+def test_error_messages_describe_arguments_by_shape_not_values():
+    from bncourse.exercises.core import _describe_args
+
+    text = _describe_args((np.ones((3, 2)), [np.ones(4), np.zeros((2, 2))], 0.1, "x" * 100))
+    assert text == "array(3, 2), [array(4,), array(2, 2)], 0.1, str(...)"

@@ -177,14 +177,19 @@ def _to_array(value: Any, what: str) -> np.ndarray:
     raise _ReaderError(f"{what} is {_a(type(value).__name__)}; expected a NumPy array")
 
 
+def _describe(value: Any) -> str:
+    """A short description of an argument: arrays by their shape, never their values."""
+    if isinstance(value, np.ndarray):
+        return f"array{value.shape}"
+    if isinstance(value, (list, tuple)):
+        inner = ", ".join(_describe(v) for v in value[:4]) + (", ..." if len(value) > 4 else "")
+        return f"[{inner}]" if isinstance(value, list) else f"({inner})"
+    text = repr(value)
+    return text if len(text) <= 40 else f"{type(value).__name__}(...)"
+
+
 def _describe_args(args: tuple[Any, ...]) -> str:
-    parts = []
-    for a in args:
-        if isinstance(a, np.ndarray):
-            parts.append(f"array{a.shape}")
-        else:
-            parts.append(repr(a))
-    return ", ".join(parts)
+    return ", ".join(_describe(a) for a in args)
 
 
 @dataclass
