@@ -1,0 +1,421 @@
+"""Time and memory of one training step of batch normalization, four ways.
+
+For each shape, one forward and one backward pass (with a fixed upstream gradient ``dy``,
+gradients with respect to the input, ``gamma`` and ``beta``) of:
+
+* ``torch``: ``torch.nn.BatchNorm1d`` / ``BatchNorm2d`` (PyTorch's native kernel), the
+  reference every ratio is taken to;
+* ``bncourse``: :class:`bncourse.BatchNorm` (eager, custom autograd Function with the compact
+  backward; updates the running statistics, as torch's layer does);
+* ``staged``: :func:`bncourse.layer.staged_batch_norm`, autograd through the formula as
+  separate tensor ops (mean, variance, normalize, scale, shift);
+* ``compiled``: :func:`bncourse.layer.compiled_batch_norm`, the compact formulas through
+  ``torch.compile`` (opt-in: the compile time of each shape is reported on its own).
+
+Timing: after a warm-up, every repetition runs each variant once, in an order that rotates
+from one repetition to the next, so slow phases of a shared machine hit all variants alike.
+The table gives each variant's median time and its ratio to torch: the median, over
+repetitions, of ``t_variant / t_torch`` within the same repetition (a paired ratio, far
+steadier than a ratio of two medians on a noisy machine), with the interquartile range of
+those paired ratios as a measure of how stable it is.
+
+Threads: one intra-op thread by default (``--threads`` to change it). On a small machine
+shared with other processes, a multi-threaded op waits at its barrier for a thread the OS
+has descheduled, which costs a time slice per op: a variant made of many ops (bncourse,
+staged) is then charged for the machine's load rather than for its own work, and the
+paired ratios scatter over an order of magnitude. One thread measures the work.
+
+Memory: the bytes each variant saves for the backward pass, counted with saved-tensor hooks
+(:func:`bncourse.memory.saved_tensors`); deterministic, and tested in ``tests/test_bench.py``.
+
+Run ``python -m bncourse.bench`` (``make bench``); ``--quick`` for a smoke run,
+``--no-compile`` to skip the compiled path, ``--shapes 8x4 4x3x5x5`` for other shapes,
+``--out PATH`` for the JSON (default ``book/data/bench.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .layer import BatchNorm, compiled_batch_norm, staged_batch_norm
+from .memory import SavedTensors, saved_tensors
+
+__all__ = [
+    "SHAPES",
+    "VARIANTS",
+    "Inputs",
+    "make_inputs",
+    "make_forward",
+    "forward_backward",
+    "saved_for_backward",
+    "Timing",
+    "time_shape",
+    "run",
+    "main",
+]
+
+SHAPES: tuple[tuple[int, ...], ...] = (
+    (256, 1024), (4096, 256), (64, 64, 32, 32), (16, 256, 14, 14)
+)
+VARIANTS: tuple[str, ...] = ("torch", "bncourse", "staged", "compiled")
+EPS = 1e-5
+DEFAULT_OUT = Path("book/data/bench.json")
+
+# Repetitions: as many as fit in the time budget of a shape, within [min, max].
+FULL = {"warmup": 10, "budget_s": 30.0, "min_reps": 80, "max_reps": 3000}
+QUICK = {"warmup": 2, "budget_s": 1.5, "min_reps": 5, "max_reps": 200}
+
+Forward = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class Inputs:
+    """A batch ``x`` (requires grad), per-channel ``gamma`` and ``beta``, an upstream ``dy``."""
+
+    x: Tensor
+    gamma: Tensor
+    beta: Tensor
+    dy: Tensor
+
+
+def make_inputs(
+    shape: Sequence[int], dtype: torch.dtype = torch.float32, seed: int = 0
+) -> Inputs:
+    """Random ``x`` (mean 1, std 2), ``gamma`` near 1, ``beta`` near 0 and ``dy``, seeded."""
+    g = torch.Generator().manual_seed(seed)
+    c = shape[1]
+    x = (1.0 + 2.0 * torch.randn(tuple(shape), generator=g, dtype=dtype)).requires_grad_()
+    gamma = 1.0 + 0.1 * torch.randn(c, generator=g, dtype=dtype)
+    beta = 0.1 * torch.randn(c, generator=g, dtype=dtype)
+    dy = torch.randn(tuple(shape), generator=g, dtype=dtype)
+    return Inputs(x, gamma, beta, dy)
+
+
+def _torch_layer(c: int, ndim: int, dtype: torch.dtype) -> torch.nn.Module:
+    if ndim == 2 or ndim == 3:
+        return torch.nn.BatchNorm1d(c, eps=EPS, dtype=dtype)
+    if ndim == 4:
+        return torch.nn.BatchNorm2d(c, eps=EPS, dtype=dtype)
+    if ndim == 5:
+        return torch.nn.BatchNorm3d(c, eps=EPS, dtype=dtype)
+    raise ValueError(f"torch has no BatchNorm layer for {ndim}-dimensional inputs")
+
+
+def make_forward(variant: str, inputs: Inputs) -> tuple[Forward, list[Tensor]]:
+    """The training-mode forward ``x -> y`` of ``variant`` and its parameters ``[gamma, beta]``.
+
+    Every variant gets its own copy of ``inputs.gamma`` and ``inputs.beta`` as leaf tensors
+    that require grad, so all four compute the same function.
+    """
+    x = inputs.x
+    c, dtype = x.shape[1], x.dtype
+    if variant in ("torch", "bncourse"):
+        layer = _torch_layer(c, x.dim(), dtype) if variant == "torch" else BatchNorm(
+            c, eps=EPS, dtype=dtype
+        )
+        with torch.no_grad():
+            layer.weight.copy_(inputs.gamma)
+            layer.bias.copy_(inputs.beta)
+        layer.train()
+        return layer, [layer.weight, layer.bias]
+    gamma = inputs.gamma.detach().clone().requires_grad_()
+    beta = inputs.beta.detach().clone().requires_grad_()
+    if variant == "staged":
+        return (lambda t: staged_batch_norm(t, gamma, beta, EPS)), [gamma, beta]
+    if variant == "compiled":
+        return (lambda t: compiled_batch_norm(t, gamma, beta, EPS)), [gamma, beta]
+    raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+
+
+def forward_backward(
+    forward: Forward, params: list[Tensor], inputs: Inputs
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One training step: ``y = forward(x)``, then ``(dx, dgamma, dbeta)`` for upstream ``dy``.
+
+    Gradients are returned by ``torch.autograd.grad`` (not accumulated into ``.grad``), so
+    repeated calls do the same work. Returns ``(y, dx, dgamma, dbeta)``.
+    """
+    y = forward(inputs.x)
+    dx, dgamma, dbeta = torch.autograd.grad(y, [inputs.x, *params], inputs.dy)
+    return y, dx, dgamma, dbeta
+
+
+def saved_for_backward(variant: str, inputs: Inputs) -> SavedTensors:
+    """What the forward pass of ``variant`` saves for its backward pass (shapes and bytes)."""
+    forward, _ = make_forward(variant, inputs)
+    return saved_tensors(lambda: forward(inputs.x))
+
+
+@dataclass
+class Timing:
+    """Per-repetition times (seconds) of each variant on one shape, and its compile time."""
+
+    shape: tuple[int, ...]
+    times: dict[str, list[float]]
+    compile_seconds: float | None = None
+
+    @property
+    def reps(self) -> int:
+        return len(self.times["torch"])
+
+    def median_ms(self, variant: str) -> float:
+        return 1e3 * statistics.median(self.times[variant])
+
+    def paired_ratios(self, variant: str) -> list[float]:
+        return [t / r for t, r in zip(self.times[variant], self.times["torch"], strict=True)]
+
+    def ratio(self, variant: str) -> float:
+        """Median over repetitions of ``t_variant / t_torch`` in the same repetition."""
+        return statistics.median(self.paired_ratios(variant))
+
+    def ratio_iqr(self, variant: str) -> tuple[float, float]:
+        r = self.paired_ratios(variant)
+        if len(r) < 2:
+            return (r[0], r[0])
+        q = statistics.quantiles(r, n=4)
+        return (q[0], q[2])
+
+
+def _one_step(forward: Forward, params: list[Tensor], inputs: Inputs) -> float:
+    t0 = time.perf_counter()
+    forward_backward(forward, params, inputs)
+    return time.perf_counter() - t0
+
+
+def time_shape(
+    shape: Sequence[int], variants: Sequence[str], settings: dict, seed: int = 0
+) -> Timing:
+    """Interleaved timing of ``variants`` (which must include ``"torch"``) on one shape."""
+    inputs = make_inputs(shape, torch.float32, seed)
+    steps = {v: make_forward(v, inputs) for v in variants}
+    compile_seconds = None
+    if "compiled" in steps:
+        # The first call compiles the forward and the backward for this shape.
+        compile_seconds = _one_step(*steps["compiled"], inputs)
+    warm: dict[str, list[float]] = {v: [] for v in variants}
+    for _ in range(settings["warmup"]):
+        for v in variants:
+            warm[v].append(_one_step(*steps[v], inputs))
+    # Size the run from the warm-up speed: as many repetitions as the budget allows.
+    t_rep = sum(statistics.median(warm[v][len(warm[v]) // 2:]) for v in variants)
+    reps = int(settings["budget_s"] / max(t_rep, 1e-9))
+    reps = max(settings["min_reps"], min(settings["max_reps"], reps))
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    k = len(variants)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    deadline = time.perf_counter() + 2.0 * settings["budget_s"]
+    try:
+        for i in range(reps):
+            if i >= settings["min_reps"] and time.perf_counter() > deadline:
+                break  # the machine got slower than the warm-up said; keep the run short
+            for j in range(k):
+                v = variants[(i + j) % k]
+                times[v].append(_one_step(*steps[v], inputs))
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return Timing(tuple(shape), times, compile_seconds)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    """CPU model, logical cores, torch's intra-op threads, versions and the date (UTC)."""
+    return {
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count() or 1,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def shape_key(shape: Sequence[int]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def _print_row(cells: Sequence[str], widths: Sequence[int]) -> None:
+    pairs = enumerate(zip(cells, widths, strict=True))
+    padded = [c.rjust(w) if i else c.ljust(w) for i, (c, w) in pairs]
+    print("  ".join(padded))
+
+
+def _warm_up_compiler() -> float:
+    """Compile a tiny problem once, so that no shape's compile time includes start-up."""
+    t0 = time.perf_counter()
+    inputs = make_inputs((2, 2))
+    forward_backward(*make_forward("compiled", inputs), inputs)
+    return time.perf_counter() - t0
+
+
+def run(
+    shapes: Sequence[Sequence[int]] = SHAPES,
+    quick: bool = False,
+    compile: bool = True,
+    out: Path | str | None = DEFAULT_OUT,
+    seed: int = 0,
+) -> dict:
+    """Benchmark every variant on every shape, print the table, write the JSON; return it."""
+    settings = QUICK if quick else FULL
+    variants = [v for v in VARIANTS if compile or v != "compiled"]
+    shapes = [tuple(int(d) for d in s) for s in shapes]
+    rows: list[dict] = []
+    compile_seconds: dict[str, float] = {}
+    widths = (18, 9, 10, 7, 15, 9, 12)
+    header = ("shape", "variant", "median ms", "ratio", "ratio IQR", "saved MB", "act. saved")
+    print(f"forward + backward, float32, {torch.get_num_threads()} threads, "
+          f"{'quick' if quick else 'full'} run; ratio = median paired t / t_torch")
+    cache_env = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    cache_dir = None
+    if compile:
+        # A fresh on-disk cache, so the compile times are cold ones (no kernels reused from
+        # an earlier run); removed at the end.
+        cache_dir = tempfile.mkdtemp(prefix="bncourse-bench-inductor-")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
+        startup = _warm_up_compiler()
+        print(f"compiler start-up (imports and a 2x2 compile, not in any row): {startup:.2f} s")
+    _print_row(header, widths)
+    try:
+        _run_shapes(shapes, variants, settings, seed, widths, rows, compile_seconds)
+    finally:
+        if cache_dir is not None:
+            if cache_env is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_env
+            shutil.rmtree(cache_dir, ignore_errors=True)
+    for key, seconds in compile_seconds.items():
+        print(f"compile time {key}: {seconds:.2f} s (first forward + backward, not in the table)")
+    result = {
+        "machine": machine_info(),
+        "dtype": "float32",
+        "shapes": [list(s) for s in shapes],
+        "rows": rows,
+        "compile_seconds": compile_seconds,
+    }
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
+    return result
+
+
+def _run_shapes(
+    shapes: list[tuple[int, ...]],
+    variants: list[str],
+    settings: dict,
+    seed: int,
+    widths: Sequence[int],
+    rows: list[dict],
+    compile_seconds: dict[str, float],
+) -> None:
+    for shape in shapes:
+        timing = time_shape(shape, variants, settings, seed)
+        inputs = make_inputs(shape, torch.float32, seed)
+        numel = inputs.x.numel()
+        for v in variants:
+            saved = saved_for_backward(v, inputs)
+            lo, hi = timing.ratio_iqr(v)
+            row = {
+                "shape": list(shape),
+                "variant": v,
+                "median_ms": round(timing.median_ms(v), 4),
+                "ratio_to_torch": round(timing.ratio(v), 4),
+                "saved_bytes": int(saved.nbytes),
+            }
+            rows.append(row)
+            _print_row(
+                (
+                    shape_key(shape) if v == variants[0] else "",
+                    v,
+                    f"{row['median_ms']:.3f}",
+                    f"{row['ratio_to_torch']:.2f}",
+                    f"{lo:.2f}-{hi:.2f}",
+                    f"{saved.nbytes / 2**20:.2f}",
+                    str(saved.activation_sized(numel)),
+                ),
+                widths,
+            )
+        print(f"{'':{widths[0]}}  ({timing.reps} interleaved repetitions)")
+        if timing.compile_seconds is not None:
+            compile_seconds[shape_key(shape)] = round(timing.compile_seconds, 3)
+        sys.stdout.flush()
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(d) for d in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"a shape is written like 256x1024; got {text!r}"
+        ) from None
+    if len(shape) < 2 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(
+            f"a shape needs at least (N, C), all positive; got {text!r}"
+        )
+    return shape
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bncourse.bench",
+        description="Time forward + backward of batch normalization: torch, bncourse, "
+        "staged autograd and compiled; print the table and write the JSON.",
+    )
+    parser.add_argument("--quick", action="store_true", help="few repetitions (a smoke run)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled path")
+    parser.add_argument("--shapes", nargs="+", type=_parse_shape, default=None,
+                        metavar="NxC[xHxW]", help="shapes to run (default: the four standard)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help=f"where to write the JSON (default {DEFAULT_OUT})")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: see the module docstring)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error(f"--threads must be at least 1; got {args.threads}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        run(
+            shapes=args.shapes or SHAPES,
+            quick=args.quick,
+            compile=not args.no_compile,
+            out=args.out,
+            seed=args.seed,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

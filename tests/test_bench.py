@@ -1,0 +1,223 @@
+"""The deterministic part of the benchmark: what each variant saves for backward, that all
+variants compute the same thing, and that a quick run writes the JSON the chapter reads.
+
+No timing is asserted here: times depend on the machine, and `make bench` reports them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from bncourse import bench
+
+SHAPES = [(6, 3), (5, 4, 3), (4, 3, 2, 5), (2, 3, 2, 2, 3)]
+EAGER_VARIANTS = ["torch", "bncourse", "staged"]
+
+
+def _activation_bytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    return math.prod(shape) * torch.finfo(dtype).bits // 8
+
+
+def _channel_bytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    return shape[1] * torch.finfo(dtype).bits // 8
+
+
+def _has_compiler() -> bool:
+    return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
+
+
+# ---------------------------------------------------------------------------------------
+# Bytes saved for the backward pass
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_bncourse_saves_one_activation_sized_tensor_plus_per_channel_vectors(shape, dtype):
+    inputs = bench.make_inputs(shape, dtype)
+    saved = bench.saved_for_backward("bncourse", inputs)
+    numel, c = math.prod(shape), shape[1]
+    assert saved.activation_sized(numel) == 1, (
+        f"bncourse.BatchNorm saved {saved.activation_sized(numel)} activation-sized tensors "
+        f"for shape {shape}, expected exactly 1 (x_hat); saved shapes: {saved.shapes}"
+    )
+    others = [s for s in saved.shapes if math.prod(s) != numel]
+    assert all(math.prod(s) == c for s in others), (
+        f"besides x_hat, bncourse should save only per-channel vectors of {c} values; "
+        f"saved shapes: {saved.shapes}"
+    )
+    # x_hat, inv_std and gamma.
+    expected = _activation_bytes(shape, dtype) + 2 * _channel_bytes(shape, dtype)
+    assert saved.nbytes == expected, (
+        f"bncourse saved {saved.nbytes} bytes for shape {shape} ({dtype}), expected "
+        f"{expected} = x_hat + inv_std + gamma; off by {saved.nbytes - expected}"
+    )
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_staged_graph_saves_at_least_two_activation_sized_tensors(shape):
+    dtype = torch.float32
+    inputs = bench.make_inputs(shape, dtype)
+    staged = bench.saved_for_backward("staged", inputs)
+    compact = bench.saved_for_backward("bncourse", inputs)
+    numel = math.prod(shape)
+    n_act = staged.activation_sized(numel)
+    assert n_act >= 2, (
+        f"the staged graph saved {n_act} activation-sized tensors for shape {shape}, "
+        f"expected at least 2 (the centred input and x_hat); saved shapes: {staged.shapes}"
+    )
+    assert staged.nbytes >= 2 * _activation_bytes(shape, dtype), (
+        f"the staged graph saved {staged.nbytes} bytes, less than two activations "
+        f"({2 * _activation_bytes(shape, dtype)} bytes)"
+    )
+    extra = staged.nbytes - compact.nbytes
+    assert extra >= _activation_bytes(shape, dtype), (
+        f"the staged graph saved only {extra} bytes more than bncourse for shape {shape}; "
+        f"expected at least one more activation ({_activation_bytes(shape, dtype)} bytes)"
+    )
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_torch_native_layer_saves_its_input_plus_per_channel_vectors(shape):
+    dtype = torch.float32
+    inputs = bench.make_inputs(shape, dtype)
+    saved = bench.saved_for_backward("torch", inputs)
+    numel, c = math.prod(shape), shape[1]
+    assert saved.activation_sized(numel) == 1, (
+        f"torch's BatchNorm saved {saved.activation_sized(numel)} activation-sized tensors "
+        f"for shape {shape}, expected 1 (its input); saved shapes: {saved.shapes}"
+    )
+    n_channel = saved.count - 1
+    assert all(math.prod(s) in (numel, c) for s in saved.shapes), saved.shapes
+    expected = _activation_bytes(shape, dtype) + n_channel * _channel_bytes(shape, dtype)
+    assert saved.nbytes == expected, (
+        f"torch saved {saved.nbytes} bytes for shape {shape}, expected {expected} "
+        f"(input + {n_channel} per-channel vectors)"
+    )
+
+
+def test_saved_bytes_do_not_depend_on_the_values():
+    shape = (4, 3, 2, 5)
+    for variant in EAGER_VARIANTS:
+        a = bench.saved_for_backward(variant, bench.make_inputs(shape, seed=0))
+        b = bench.saved_for_backward(variant, bench.make_inputs(shape, seed=1))
+        assert (a.nbytes, a.shapes) == (b.nbytes, b.shapes), (
+            f"{variant}: saved {a.nbytes} bytes {a.shapes} with seed 0 but "
+            f"{b.nbytes} bytes {b.shapes} with seed 1"
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Every variant computes the same function (float64, torch's layer as the reference)
+# ---------------------------------------------------------------------------------------
+
+
+def _max_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach(), b.detach()
+    return float(((a - b).abs() / (a.abs() + b.abs()).clamp_min(1e-12)).max())
+
+
+def _assert_same_as_torch(variant: str, shape: tuple[int, ...], tol: float) -> None:
+    inputs = bench.make_inputs(shape, torch.float64, seed=3)
+    reference = bench.forward_backward(*bench.make_forward("torch", inputs), inputs)
+    result = bench.forward_backward(*bench.make_forward(variant, inputs), inputs)
+    for name, want, got in zip(("y", "dx", "dgamma", "dbeta"), reference, result, strict=True):
+        assert got.shape == want.shape, f"{variant} {name}: shape {got.shape} != {want.shape}"
+        assert got.dtype == torch.float64, f"{variant} {name}: dtype {got.dtype}"
+        err = _max_rel_diff(got, want)
+        assert err < tol, (
+            f"{variant} {name} differs from torch's layer for shape {shape}: "
+            f"max relative difference {err:.2e} (tolerance {tol:.0e})"
+        )
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("variant", ["bncourse", "staged"])
+def test_eager_variants_match_torch_in_float64(variant, shape):
+    _assert_same_as_torch(variant, shape, tol=1e-10)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_compiler(), reason="torch.compile needs a C++ compiler")
+def test_compiled_variant_matches_torch_and_saves_one_activation():
+    shape = (4, 3, 2, 5)
+    _assert_same_as_torch("compiled", shape, tol=1e-10)
+    inputs = bench.make_inputs(shape, torch.float32)
+    compiled = bench.saved_for_backward("compiled", inputs)
+    numel, channels = math.prod(shape), shape[1]
+    assert compiled.activation_sized(numel) == 1, (
+        f"the compiled path saved {compiled.activation_sized(numel)} activation-sized "
+        f"tensors: {compiled.shapes}"
+    )
+    others = [s for s in compiled.shapes if math.prod(s) != numel]
+    assert all(math.prod(s) == channels for s in others), (
+        f"besides x_hat the compiled path should save only per-channel vectors: {compiled.shapes}"
+    )
+
+
+def test_forward_backward_is_repeatable_without_accumulating_gradients():
+    inputs = bench.make_inputs((6, 3), torch.float64)
+    step = bench.make_forward("bncourse", inputs)
+    first = bench.forward_backward(*step, inputs)
+    second = bench.forward_backward(*step, inputs)
+    for name, a, b in zip(("y", "dx", "dgamma", "dbeta"), first, second, strict=True):
+        assert torch.equal(a, b), f"{name} changed between two identical steps"
+    assert inputs.x.grad is None, "forward_backward should not accumulate into x.grad"
+
+
+# ---------------------------------------------------------------------------------------
+# The quick run, end to end, and the JSON schema the chapter reads
+# ---------------------------------------------------------------------------------------
+
+
+def test_quick_run_writes_json_with_the_documented_schema(tmp_path, capsys):
+    out = tmp_path / "sub" / "bench.json"
+    shapes = [(6, 3), (4, 3, 2, 2)]
+    code = bench.main(
+        ["--quick", "--no-compile", "--shapes", "6x3", "4x3x2x2", "--out", str(out)]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "6x3" in printed and "4x3x2x2" in printed, f"table lacks the shapes:\n{printed}"
+
+    data = json.loads(out.read_text())
+    assert set(data) == {"machine", "dtype", "shapes", "rows", "compile_seconds"}, set(data)
+    machine = data["machine"]
+    assert set(machine) == {"cpu", "cores", "threads", "torch", "python", "date"}, set(machine)
+    for key, kind in (("cpu", str), ("cores", int), ("threads", int), ("torch", str),
+                      ("python", str), ("date", str)):
+        assert isinstance(machine[key], kind), f"machine[{key!r}] = {machine[key]!r}"
+    assert data["dtype"] == "float32"
+    assert data["shapes"] == [list(s) for s in shapes]
+    assert data["compile_seconds"] == {}, "compile_seconds should be empty with --no-compile"
+
+    rows = data["rows"]
+    assert [(r["shape"], r["variant"]) for r in rows] == [
+        (list(s), v) for s in shapes for v in EAGER_VARIANTS
+    ]
+    for r in rows:
+        assert set(r) == {"shape", "variant", "median_ms", "ratio_to_torch", "saved_bytes"}, r
+        assert isinstance(r["median_ms"], float) and r["median_ms"] > 0, r
+        assert isinstance(r["ratio_to_torch"], float) and r["ratio_to_torch"] > 0, r
+        assert isinstance(r["saved_bytes"], int) and r["saved_bytes"] > 0, r
+        if r["variant"] == "torch":
+            assert r["ratio_to_torch"] == 1.0, r
+        expected = bench.saved_for_backward(
+            r["variant"], bench.make_inputs(tuple(r["shape"]))
+        ).nbytes
+        assert r["saved_bytes"] == expected, (
+            f"{r['variant']} {r['shape']}: JSON says {r['saved_bytes']} bytes, "
+            f"saved_tensors measures {expected}"
+        )
+
+
+def test_shape_option_rejects_malformed_shapes():
+    with pytest.raises(SystemExit):
+        bench.main(["--quick", "--no-compile", "--shapes", "6", "--out", "unused.json"])
+    with pytest.raises(SystemExit):
+        bench.main(["--quick", "--no-compile", "--shapes", "6xa", "--out", "unused.json"])
