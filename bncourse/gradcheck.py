@@ -64,15 +64,19 @@ def check_gradient(
     h: float = 1e-5,
     tol: float = 1e-6,
     name: str = "gradient",
+    floor: float = 1e-12,
 ) -> float:
     """Compare ``analytic`` with the central-difference gradient of ``f`` at ``x``.
 
-    Returns the relative error; raises :class:`GradientMismatch` naming the worst entry,
-    both values and the error when it exceeds ``tol``.
+    Returns the relative error (:func:`rel_error` with ``floor``); raises
+    :class:`GradientMismatch` naming the worst entry, both values and the error when it
+    exceeds ``tol``. Entries far smaller than the round-off of the differences,
+    about ``machine eps * |f| / h``, cannot be checked relatively: raise ``floor`` to that
+    scale divided by ``tol`` when the gradient has (near-)zero entries.
     """
     numeric = numerical_gradient(f, x, h)
     analytic = np.asarray(analytic, dtype=np.float64)
-    err = rel_error(analytic, numeric)
+    err = rel_error(analytic, numeric, floor=floor)
     if not err <= tol:
         diff = np.abs(analytic - numeric)
         k = np.unravel_index(int(np.argmax(diff)), diff.shape)
