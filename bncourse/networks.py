@@ -12,7 +12,9 @@ Everything is seeded, so the same call gives the same numbers on every machine.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -99,34 +101,30 @@ def bn_activations(model: nn.Module, x: Tensor) -> list[tuple[np.ndarray, np.nda
     The forward pass runs without gradients and in the model's current mode (training mode
     updates the running statistics, as any forward pass would).
     """
-    records: list[tuple[np.ndarray, np.ndarray]] = []
-
-    def hook(_module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        records.append((inputs[0].detach().numpy().copy(), output.detach().numpy().copy()))
-
-    handles = [
-        m.register_forward_hook(hook)
-        for m in model.modules()
-        if isinstance(m, (BatchNorm, nn.modules.batchnorm._BatchNorm))
-    ]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return records
+    layers = [m for m in model.modules()
+              if isinstance(m, (BatchNorm, nn.modules.batchnorm._BatchNorm))]
+    return _record(model, x, layers, lambda inputs, output: (_array(inputs[0]), _array(output)))
 
 
 def preactivations(model: nn.Sequential, x: Tensor) -> list[np.ndarray]:
     """The outputs $z = W h + b$ of every Linear layer but the last, on the batch ``x``."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)][:-1]
-    records: list[np.ndarray] = []
+    return _record(model, x, linears, lambda _inputs, output: _array(output))
 
-    def hook(_module: nn.Module, _inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        records.append(output.detach().numpy().copy())
 
-    handles = [m.register_forward_hook(hook) for m in linears]
+def _array(t: Tensor) -> np.ndarray:
+    return t.detach().numpy().copy()
+
+
+def _record(model: nn.Module, x: Tensor, layers: list[nn.Module],
+            pick: Callable[[tuple[Tensor, ...], Tensor], Any]) -> list[Any]:
+    """Run ``model(x)`` without gradients and return ``pick(inputs, output)`` of each layer."""
+    records: list[Any] = []
+
+    def hook(_module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        records.append(pick(inputs, output))
+
+    handles = [m.register_forward_hook(hook) for m in layers]
     try:
         with torch.no_grad():
             model(x)
