@@ -9,6 +9,7 @@ Layers, each using only those above it:
   ``bncourse.networks``, ``bncourse.invariance``, ``bncourse.freezing``,
   ``bncourse.training``: analysis helpers, small networks, training loops and data.
 * ``bncourse.bench``: the benchmark behind ``make bench``.
+* ``bncourse.claims``: glue a computed number into the prose, assert a checked statement.
 * ``bncourse.exercises``: auto-checked exercises and their catalogues of mistakes.
 * ``bncourse.plotting``: figures (the only module that imports matplotlib).
 
@@ -31,7 +32,7 @@ _LAZY_ATTRIBUTES = {
 }
 _LAZY_MODULES = {
     "layer", "gradcheck", "jacobian", "memory", "analysis", "networks", "invariance",
-    "freezing", "training", "exercises", "plotting", "authoring", "bench",
+    "freezing", "training", "exercises", "plotting", "authoring", "bench", "claims",
 }
 
 __all__ = ["functional", "BatchNorm", "BatchNormFunction", *sorted(_LAZY_MODULES)]

@@ -3,6 +3,11 @@
 The same quantity has the same colour in every chapter (``COLORS``); every figure has
 labelled axes and a title that states its finding. Chapter-specific figures live in the
 submodules ``transform``, ``gradients``, ``parameters`` and ``invariance``.
+
+Figures are drawn for the book's page, 688 CSS pixels wide: at most ``MAX_WIDTH`` inches
+wide at 100 logical dpi, so that a 10-point label is about 13 CSS pixels tall, and shown
+in a notebook as 2x ("retina") PNGs, sharp on high-density screens. Their background is
+white; the site's stylesheet decides how they sit on a dark page.
 """
 
 from __future__ import annotations
@@ -13,14 +18,19 @@ matplotlib.rcParams.update(
     {
         "figure.figsize": (7.0, 3.6),
         "figure.dpi": 100,
-        "savefig.dpi": 100,
+        "savefig.dpi": 200,
+        "figure.facecolor": "white",
+        "savefig.facecolor": "white",
+        "font.size": 10,
+        "xtick.labelsize": 10,
+        "ytick.labelsize": 10,
         "axes.grid": True,
         "grid.alpha": 0.3,
         "axes.spines.top": False,
         "axes.spines.right": False,
         "axes.titlesize": 11,
-        "axes.labelsize": 10,
-        "legend.fontsize": 9,
+        "axes.labelsize": 10.5,
+        "legend.fontsize": 10,
         "legend.frameon": False,
         "svg.hashsalt": "bncourse",
     }
@@ -28,7 +38,28 @@ matplotlib.rcParams.update(
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["COLORS", "plt", "new_figure"]
+__all__ = ["COLORS", "MAX_WIDTH", "plt", "new_figure"]
+
+#: The widest figure, in inches at 100 logical dpi: the width of the book's page.
+MAX_WIDTH = 7.0
+
+
+def _use_retina() -> None:
+    """In a running IPython kernel, show figures as 2x PNGs (logical size kept in metadata)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    if get_ipython() is None:
+        return
+    try:
+        from matplotlib_inline.backend_inline import set_matplotlib_formats
+    except ImportError:
+        return
+    set_matplotlib_formats("retina")
+
+
+_use_retina()
 
 #: One colour per quantity, used across all chapters.
 COLORS = {
@@ -53,7 +84,14 @@ COLORS = {
 
 def new_figure(ncols: int = 1, nrows: int = 1, width: float | None = None,
                height: float | None = None, **kwargs):
-    """``plt.subplots`` with the course's default size, scaled to the number of panels."""
-    w = width if width is not None else min(3.6 * ncols + 0.6, 10.0)
+    """``plt.subplots`` with the course's default size, scaled to the number of panels.
+
+    The width never exceeds ``MAX_WIDTH``: a wider figure would be shrunk on the page and
+    its labels with it. Use more rows instead of more columns.
+    """
+    if width is not None and width > MAX_WIDTH:
+        raise ValueError(f"a figure {width} in wide would be shrunk on the page; the most is "
+                         f"MAX_WIDTH = {MAX_WIDTH} in (use more rows)")
+    w = width if width is not None else min(3.4 * ncols + 0.4, MAX_WIDTH)
     h = height if height is not None else 3.2 * nrows + 0.4
     return plt.subplots(nrows, ncols, figsize=(w, h), constrained_layout=True, **kwargs)
