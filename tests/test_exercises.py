@@ -27,8 +27,15 @@ ANCHORS = ["formula.forward", "gradients.backward", "parameters.running_stats",
 
 
 def reference_answer(exercise):
+    """The right answer as a reader would give it: the reference's own function is refused
+    ("bncourse's own implementation"), so a function answer calls it from the reader's code."""
     if isinstance(exercise, FunctionExercise):
-        return exercise.reference
+        reference = exercise.reference
+
+        def answer(*args):
+            return reference(*args)
+
+        return answer
     if isinstance(exercise, NumberExercise):
         return exercise.value
     if isinstance(exercise, ChoiceExercise):
@@ -90,7 +97,7 @@ def test_mistake_messages_are_distinct(eid):
 def test_untouched_stubs_are_not_attempted(eid):
     stubs = [None, Ellipsis]
     if EXERCISES[eid].kind == "function":
-        stubs += [_raises_not_implemented, lambda *args: None, lambda *args: ...]
+        stubs += [_raises_not_implemented, lambda *args: ...]
     if EXERCISES[eid].kind == "choice":
         stubs += ["", "  "]
     for stub in stubs:
@@ -199,3 +206,89 @@ def test_error_messages_describe_arguments_by_shape_not_values():
 
     text = _describe_args((np.ones((3, 2)), [np.ones(4), np.zeros((2, 2))], 0.1, "x" * 100))
     assert text == "array(3, 2), [array(4,), array(2, 2)], 0.1, str(...)"
+
+
+def test_choice_answers_written_as_the_notebooks_print_the_options_are_accepted():
+    for exercise in (e for e in EXERCISES.values() if isinstance(e, ChoiceExercise)):
+        a = exercise.answer
+        for written in (f"({a})", f"{a})", f"{a}.", f"{a}:", f" {a.upper()} ", f"( {a} )"):
+            assert check(exercise.id, written).passed, f"{exercise.id}: {written!r} rejected"
+        wrong = next(k for k in exercise.options if k != a)
+        assert not check(exercise.id, f"({wrong})").passed
+
+
+def test_a_wrong_option_carries_its_own_message_whatever_its_punctuation():
+    exercise = EXERCISES["formula.conv_axes"]
+    for mistake in exercise.mistakes:
+        result = check(exercise.id, f"({mistake.answer.upper()})")
+        assert result.mistake == mistake.name and result.message == mistake.message
+
+
+def test_hints_are_progressive_and_say_when_there_are_no_more():
+    from bncourse.exercises.core import NumberExercise as Number
+
+    exercise = Number(id="t.hints", chapter=1, title="t", value=1.0,
+                      hints=("first nudge", "second nudge", "last nudge"))
+    assert exercise.hint_text().startswith("first nudge")
+    assert exercise.hint_text(2).startswith("second nudge")
+    assert exercise.hint_text(3).startswith("last nudge")
+    assert "no more hints" in exercise.hint_text(4)
+    with pytest.raises(ValueError, match="hint number"):
+        exercise.hint_text(0)
+    # The generic failure gives the first hint and points to the next one.
+    message = exercise.check(2.0).message
+    assert "first nudge" in message and "second nudge" not in message
+    assert 'hint("t.hints", 2)' in message
+    # A single ``hint`` is the only hint.
+    single = Number(id="t.single", chapter=1, title="t", value=1.0, hint="only one")
+    assert single.hint_text(1) == "only one" and "no more hints" in single.hint_text(2)
+
+
+@pytest.mark.parametrize("eid", IDS)
+def test_every_exercise_has_a_first_hint_and_an_end_to_its_hints(eid):
+    exercise = EXERCISES[eid]
+    assert hint(eid) == exercise.hint_text(1)
+    assert "no more hints" in hint(eid, len(exercise.all_hints) + 1)
+
+
+def test_the_generic_failure_message_is_punctuated_as_sentences():
+    def off(x, gamma, beta, eps):
+        return EXERCISES["formula.forward"].reference(x, gamma, beta, eps) + 0.5
+
+    message = check("formula.forward", off).message
+    assert "mistakes; " not in message and "usual mistakes. " in message
+
+
+def test_bncourse_own_functions_are_refused_as_answers():
+    from bncourse import functional
+
+    for eid, answer in (("parameters.running_stats", functional.update_running_stats),
+                        ("formula.forward", EXERCISES["formula.forward"].reference),
+                        ("gradients.backward", functional.batch_norm_backward)):
+        result = check(eid, answer)
+        assert result.status == FAILED
+        assert "bncourse's own implementation" in result.message and "write yours" in result.message
+    message = check("parameters.running_stats", functional.update_running_stats).message
+    assert "bncourse.functional.update_running_stats" in message
+
+
+def test_progress_lists_every_exercise_by_chapter_with_its_latest_verdict():
+    from bncourse.exercises import progress
+
+    check("invariance.gradient_scale", 0.25)
+    check("invariance.effective_lr", 123.0)
+    check("invariance.effective_lr", 0.004)
+    check("formula.conv_axes", "a")
+    table = progress()
+    rows = {row[1]: row for row in table.rows}
+    assert set(rows) == set(EXERCISES)
+    assert rows["invariance.gradient_scale"][4] == PASSED
+    assert rows["invariance.effective_lr"][4] == PASSED  # the latest verdict counts
+    assert rows["formula.conv_axes"][4] == FAILED
+    text = str(table)
+    for chapter in sorted({e.chapter for e in EXERCISES.values()}):
+        assert f"Chapter {chapter}" in text
+    assert all(eid in text for eid in EXERCISES)
+    html = table._repr_html_()
+    assert html.count("<table>") == len({e.chapter for e in EXERCISES.values()})
+    assert "bncourse-passed" in html and "bncourse-failed" in html

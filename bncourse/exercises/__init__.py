@@ -25,12 +25,16 @@ from .core import (
     FunctionExercise,
     Mistake,
     NumberExercise,
+    Progress,
+    progress_of,
 )
 
 __all__ = [
     "EXERCISES",
     "check",
     "hint",
+    "progress",
+    "Progress",
     "CheckResult",
     "Exercise",
     "FunctionExercise",
@@ -70,7 +74,13 @@ def check(exercise_id: str, answer: Any) -> CheckResult:
     return _get(exercise_id).check(answer)
 
 
-def hint(exercise_id: str) -> str:
-    """A nudge for exercise ``exercise_id`` that does not give the answer away."""
-    exercise = _get(exercise_id)
-    return exercise.hint or "Re-read the section of the chapter that introduces this idea."
+def hint(exercise_id: str, n: int = 1) -> str:
+    """The ``n``-th hint for exercise ``exercise_id`` (1 is the first); each says a little more,
+    the last stops short of the answer, and asking past the last says there are no more."""
+    return _get(exercise_id).hint_text(n)
+
+
+def progress() -> Progress:
+    """Every exercise, chapter by chapter, with its latest verdict in this session: a table
+    in a notebook, plain text elsewhere."""
+    return progress_of(list(EXERCISES.values()))

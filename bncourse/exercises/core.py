@@ -18,6 +18,7 @@ import copy
 import html
 import math
 import numbers
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,18 +127,58 @@ class Exercise:
     title: str
     mistakes: Sequence[Mistake] = field(default_factory=tuple)
     hint: str = ""
+    hints: Sequence[str] = ()
     kind: str = field(init=False, default="")
 
+    @property
+    def all_hints(self) -> tuple[str, ...]:
+        """The progressive hints, first to last; ``hint`` alone counts as the only one."""
+        hints = tuple(h for h in self.hints if h)
+        if hints:
+            return hints
+        return (self.hint,) if self.hint else ()
+
+    @property
+    def first_hint(self) -> str:
+        hints = self.all_hints
+        return hints[0] if hints else ""
+
+    def hint_text(self, n: int = 1) -> str:
+        """The ``n``-th hint (from 1); past the last one, says that there are no more."""
+        hints = self.all_hints
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise ValueError(f"hint number must be a whole number from 1 up; got {n!r}")
+        if not hints:
+            return "Re-read the section of the chapter that introduces this idea."
+        if n > len(hints):
+            return (
+                f"There are no more hints for {self.id}: it has {len(hints)} "
+                f"hint{'s' if len(hints) != 1 else ''}, and the last one is as far as "
+                "they go. The solution below the exercise shows the rest."
+            )
+        more = (
+            f' (hint {n} of {len(hints)}; hint("{self.id}", {n + 1}) gives the next)'
+            if n < len(hints) else (f" (hint {n} of {len(hints)}, the last)" if n > 1 else "")
+        )
+        return hints[n - 1] + more
+
     def check(self, answer: Any) -> CheckResult:
-        """Judge ``answer``; never raises."""
+        """Judge ``answer``; never raises (only ``KeyboardInterrupt`` goes through)."""
+        result = self._check(answer)
+        _LATEST[self.id] = result
+        return result
+
+    def _check(self, answer: Any) -> CheckResult:
         try:
             mistake = self._judge(answer)
         except _ReaderError as e:
             return CheckResult(self.id, e.status, str(e))
-        except Exception as e:  # a failure in the checker itself must still not reach the reader
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # a failure in the checker must still not reach the reader
             return CheckResult(
                 self.id, FAILED,
-                f"the checker could not judge this answer ({type(e).__name__}: {e})",
+                f"the checker could not judge this answer ({_exception_text(e)})",
             )
         if mistake is None:
             return CheckResult(self.id, PASSED, self._pass_message())
@@ -148,8 +189,37 @@ class Exercise:
     def _pass_message(self) -> str:
         return "Your answer matches the reference."
 
+    #: What a generic failure suggests when the exercise has no hint.
+    _default_nudge = "Work it out again from the chapter."
+
+    def _nudge(self) -> str:
+        """The generic failure's advice: the first hint, and where the next ones are."""
+        hints = self.all_hints
+        if not hints:
+            return self._default_nudge
+        text = hints[0].rstrip()
+        if not text.endswith((".", "?", "!")):
+            text += "."
+        if len(hints) > 1:
+            text += f' More hints: hint("{self.id}", 2).'
+        return text
+
     def _judge(self, answer: Any) -> Mistake | str | None:
         raise NotImplementedError
+
+
+def _exception_text(e: BaseException) -> str:
+    """``Type: message`` of an exception, even when its ``__str__`` raises."""
+    name = type(e).__name__
+    try:
+        text = str(e)
+    except BaseException:  # an answer's exception whose __str__ itself fails
+        return f"{name} (whose message could not be printed)"
+    return f"{name}: {text}" if text else name
+
+
+#: The latest verdict of every exercise checked in this session, by id.
+_LATEST: dict[str, CheckResult] = {}
 
 
 def _a(type_name: str) -> str:
@@ -192,6 +262,24 @@ def _describe_args(args: tuple[Any, ...]) -> str:
     return ", ".join(_describe(a) for a in args)
 
 
+def _own_code(answer: Any) -> str | None:
+    """``bncourse.x.y`` when ``answer`` is a function (or callable) defined in bncourse."""
+    fn = answer
+    for _ in range(10):  # see through functools.partial, bound methods and wrappers
+        inner = getattr(fn, "func", None) or getattr(fn, "__func__", None) or getattr(
+            fn, "__wrapped__", None)
+        if inner is None or inner is fn:
+            break
+        fn = inner
+    module = getattr(fn, "__module__", None)
+    if not isinstance(module, str):
+        module = type(fn).__module__
+    if module != "bncourse" and not module.startswith("bncourse."):
+        return None
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{module}.{name}" if isinstance(name, str) else module
+
+
 @dataclass
 class FunctionExercise(Exercise):
     """The answer is a function; ``reference`` is the correct one.
@@ -209,6 +297,8 @@ class FunctionExercise(Exercise):
     output_names: Sequence[str] = ("output",)
     rtol: float = 1e-7
     atol: float = 1e-9
+
+    _default_nudge = "Compare your code with the formulas of the chapter step by step."
 
     def __post_init__(self) -> None:
         self.kind = "function"
@@ -309,6 +399,14 @@ class FunctionExercise(Exercise):
                 f"expected a function{f' {self.signature}' if self.signature else ''}; "
                 f"got {_a(type(answer).__name__)}"
             )
+        own = _own_code(answer)
+        if (own is not None or answer is self.reference) and not any(
+            answer is m.answer for m in self.mistakes
+        ):
+            where = f" ({own})" if own else ""
+            raise _ReaderError(
+                f"that is bncourse's own implementation{where}: write yours, in your own code"
+            )
         cases = self.cases()
         wanted = [self._run(self.reference, case, reader=False) for case in cases]
         got_all: list[tuple[np.ndarray, ...]] = []
@@ -345,8 +443,8 @@ class FunctionExercise(Exercise):
         return (
             f"{' and '.join(wrong)} {'differs' if len(wrong) == 1 else 'differ'} from the "
             f"reference on the case: {case.label} "
-            f"(largest absolute difference {worst:.3g}). This is not one of the usual mistakes; "
-            f"{self.hint or 'compare your code with the formulas of the chapter step by step.'}"
+            f"(largest absolute difference {worst:.3g}). This is not one of the usual mistakes. "
+            + self._nudge()
         )
 
     def _agrees_with(
@@ -419,14 +517,23 @@ class NumberExercise(Exercise):
         for mistake in self.mistakes:
             if self._matches(x, float(mistake.answer)):
                 return mistake
-        return f"{x:.6g} is not the expected value. " + (
-            self.hint or "Work it out again from the formula in the chapter."
-        )
+        return f"{x:.6g} is not the expected value. " + self._nudge()
 
 
 # --------------------------------------------------------------------------------------
 # Choice exercises
 # --------------------------------------------------------------------------------------
+
+
+_CHOICE = re.compile(r"^\(?\s*([a-z])\s*[).:]?$")
+
+
+def choice_letter(text: str) -> str:
+    """The option letter of a written choice: ``"(b)"``, ``"b)"``, ``"b."``, ``"d:"`` and
+    ``" B "`` all give ``"b"``; anything else is returned stripped and in lower case."""
+    stripped = text.strip().lower()
+    match = _CHOICE.match(stripped)
+    return match.group(1) if match else stripped
 
 
 @dataclass
@@ -451,7 +558,7 @@ class ChoiceExercise(Exercise):
                 f"got {_a(type(answer).__name__)}; answer with an option letter as a string, "
                 f"e.g. 'a'"
             )
-        letter = answer.strip().lower()
+        letter = choice_letter(answer)
         if letter not in self.options:
             valid = ", ".join(repr(k) for k in sorted(self.options))
             raise _ReaderError(f"{answer!r} is not an option; choose one of {valid}")
@@ -460,4 +567,80 @@ class ChoiceExercise(Exercise):
         for mistake in self.mistakes:
             if str(mistake.answer).lower() == letter:
                 return mistake
-        return f"option {letter!r} is not right. " + (self.hint or "Read the options again.")
+        return f"option {letter!r} is not right. " + self._nudge()
+
+
+# --------------------------------------------------------------------------------------
+# Progress through the exercises of this session
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Every exercise, chapter by chapter, with its latest verdict in this session.
+
+    Shows itself as a table in a notebook and as plain text elsewhere.
+    """
+
+    rows: tuple[tuple[int, str, str, str, str], ...]  # chapter, id, title, kind, status
+
+    def counts(self) -> dict[str, int]:
+        out = {PASSED: 0, FAILED: 0, NOT_ATTEMPTED: 0}
+        for row in self.rows:
+            out[row[4]] += 1
+        return out
+
+    def _summary(self) -> str:
+        c = self.counts()
+        return (f"{c[PASSED]} of {len(self.rows)} exercises passed, {c[FAILED]} not yet, "
+                f"{c[NOT_ATTEMPTED]} not attempted")
+
+    def __str__(self) -> str:
+        lines = [self._summary()]
+        chapter = None
+        width = max((len(r[1]) for r in self.rows), default=0)
+        for ch, eid, title, _kind, status in self.rows:
+            if ch != chapter:
+                chapter = ch
+                lines.append(f"Chapter {ch}")
+            lines.append(f"  {_MARKS[status]} {eid:<{width}}  {_STATUS_WORDS[status]:<13}  {title}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_html_(self) -> str:
+        parts = [f'<div class="bncourse-progress"><p>{html.escape(self._summary())}</p>']
+        chapter = None
+        for ch, eid, title, kind, status in self.rows:
+            if ch != chapter:
+                if chapter is not None:
+                    parts.append("</tbody></table>")
+                chapter = ch
+                parts.append(
+                    f"<table><caption>Chapter {ch}</caption><thead><tr><th>Exercise</th>"
+                    "<th>Id</th><th>Kind</th><th>Latest verdict</th></tr></thead><tbody>"
+                )
+            css = status.replace(" ", "-")
+            parts.append(
+                f'<tr class="bncourse-{css}"><td>{html.escape(title)}</td>'
+                f"<td><code>{html.escape(eid)}</code></td><td>{html.escape(kind)}</td>"
+                f'<td class="bncourse-verdict">{_MARKS[status]} {_STATUS_WORDS[status]}</td></tr>'
+            )
+        if chapter is not None:
+            parts.append("</tbody></table>")
+        parts.append("</div>")
+        return "".join(parts)
+
+
+_STATUS_WORDS = {PASSED: "correct", FAILED: "not yet", NOT_ATTEMPTED: "not attempted"}
+
+
+def progress_of(exercises: Sequence[Exercise]) -> Progress:
+    """The :class:`Progress` of ``exercises``, from the latest verdicts of this session."""
+    rows = []
+    for e in sorted(exercises, key=lambda e: e.chapter):  # stable: book order within a chapter
+        latest = _LATEST.get(e.id)
+        rows.append((e.chapter, e.id, e.title, e.kind,
+                     latest.status if latest is not None else NOT_ATTEMPTED))
+    return Progress(tuple(rows))
