@@ -194,7 +194,15 @@ def _nbytes(t: torch.Tensor) -> int:
 
 
 class _TrafficCounter(TorchDispatchMode):
-    """Adds up the bytes of every tensor each aten kernel reads and writes (views move none)."""
+    """Adds up the bytes of every tensor each aten kernel reads and writes.
+
+    Views (``view``, ``expand``, ``detach``, ``t``, ...) move no data and are skipped: they
+    are the ops whose schema returns an alias of an input without writing to it (and
+    ``empty``, which only allocates). Every other
+    kernel counts as reading each of its tensor arguments once and writing each of its
+    outputs once; an in-place op (``mul_``, ``addcmul_``) reads its operands and writes the
+    tensor it modifies, so it is counted like any other kernel.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -203,15 +211,24 @@ class _TrafficCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
         out = func(*args, **(kwargs or {}))
+        if _is_view(func) or func.name().startswith("aten::empty"):
+            return out  # an alias of an input, or an uninitialized allocation: no data moves
         inputs = [a for a in torch.utils._pytree.tree_leaves((args, kwargs or {}))
                   if isinstance(a, torch.Tensor)]
         outputs = [o for o in torch.utils._pytree.tree_leaves(out) if isinstance(o, torch.Tensor)]
-        storages = {t.untyped_storage().data_ptr() for t in inputs}
-        if outputs and all(o.untyped_storage().data_ptr() in storages for o in outputs):
-            return out  # a view, a detach or an in-place op on its own input: no new traffic
         self.kernels += 1
         self.nbytes += sum(_nbytes(t) for t in inputs) + sum(_nbytes(t) for t in outputs)
         return out
+
+
+def _is_view(func: Any) -> bool:
+    """Whether an aten op returns an alias of an input without writing to it (a view)."""
+    if getattr(func, "is_view", False):
+        return True
+    returns = func._schema.returns
+    return bool(returns) and all(
+        r.alias_info is not None and not r.alias_info.is_write for r in returns
+    )
 
 
 def traffic_per_element(

@@ -100,3 +100,61 @@ def test_lazy_attributes_resolve():
 
     assert bncourse.BatchNorm.__name__ == "BatchNorm"
     assert bncourse.jacobian.batch_norm_jacobian is batch_norm_jacobian
+
+
+# --------------------------------------------------------------------------------------
+# Bytes moved: the traffic counter of the cost section
+# --------------------------------------------------------------------------------------
+
+
+def test_traffic_counter_counts_in_place_writes_and_skips_views():
+    from bncourse.analysis import _TrafficCounter
+
+    x, y = torch.ones(1000), torch.ones(1000)  # 4000 bytes each
+    with _TrafficCounter() as counter:
+        x.addcmul_(y, y)  # reads x, y, y and writes x: four passes of 4000 bytes
+    assert (counter.nbytes, counter.kernels) == (16000, 1), (counter.nbytes, counter.kernels)
+    with _TrafficCounter() as counter:
+        z = x + y  # reads two, writes one
+        z.mul_(y)  # in place: reads z and y, writes z
+    assert (counter.nbytes, counter.kernels) == (24000, 2), (counter.nbytes, counter.kernels)
+    with _TrafficCounter() as counter:
+        x.view(10, 100).t().detach().expand(3, 100, 10)
+    assert (counter.nbytes, counter.kernels) == (0, 0), "views move no data"
+
+
+# --------------------------------------------------------------------------------------
+# What a block of layers keeps for backward
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("block", ["linear-bn-relu", "conv-bn-relu"])
+@pytest.mark.parametrize("bn", ["torch", "bncourse"])
+def test_linear_and_conv_before_bn_keep_their_input_so_bn_input_costs_a_tensor(block, bn):
+    from bncourse.memory import block_saved_tensors
+
+    report = block_saved_tensors(block, bn)
+    kept = {layer.name: layer.kept for layer in report.layers}
+    assert kept[block.split("-")[0]] == ["its input"], kept
+    assert kept["bn"] == (["its input"] if bn == "torch" else ["a new tensor"]), kept
+    assert kept["relu"] == ["its output"], kept
+    assert report.activation_sized == 2, report.total.shapes
+
+
+def test_a_relu_before_bn_makes_torchs_saved_input_free_but_not_x_hat():
+    from bncourse.memory import block_saved_tensors
+
+    torch_report = block_saved_tensors("linear-relu-bn", "torch")
+    ours = block_saved_tensors("linear-relu-bn", "bncourse")
+    assert torch_report.activation_sized == 1, torch_report.total.shapes
+    assert ours.activation_sized == 2, ours.total.shapes
+    assert torch_report.total.nbytes < ours.total.nbytes
+
+
+def test_block_saved_tensors_rejects_unknown_blocks_and_layers():
+    from bncourse.memory import block_saved_tensors
+
+    with pytest.raises(ValueError, match="linear-bn-relu"):
+        block_saved_tensors("bn-conv", "torch")
+    with pytest.raises(ValueError, match="bncourse"):
+        block_saved_tensors("linear-bn-relu", "keras")
