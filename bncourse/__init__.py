@@ -7,7 +7,8 @@ Layers, each using only those above it:
   (``bncourse.BatchNorm``).
 * ``bncourse.gradcheck``, ``bncourse.jacobian``, ``bncourse.memory``, ``bncourse.analysis``,
   ``bncourse.networks``, ``bncourse.invariance``, ``bncourse.freezing``,
-  ``bncourse.training``: analysis helpers, small networks, training loops and data.
+  ``bncourse.training``, ``bncourse.inference``: analysis helpers, small networks,
+  training loops and data.
 * ``bncourse.bench``: the benchmark behind ``make bench``.
 * ``bncourse.claims``: glue a computed number into the prose, assert a checked statement.
 * ``bncourse.exercises``: auto-checked exercises and their catalogues of mistakes.
@@ -33,6 +34,7 @@ _LAZY_ATTRIBUTES = {
 _LAZY_MODULES = {
     "layer", "gradcheck", "jacobian", "memory", "analysis", "networks", "invariance",
     "freezing", "training", "exercises", "plotting", "authoring", "bench", "claims",
+    "inference",
 }
 
 __all__ = ["functional", "BatchNorm", "BatchNormFunction", *sorted(_LAZY_MODULES)]

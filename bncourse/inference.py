@@ -1,0 +1,252 @@
+"""BN after training: the eval-mode layer as an affine map, folding it away, re-estimating it.
+
+In eval mode a BN layer with running statistics $\\hat\\mu$, $\\hat\\sigma^2$ is, per channel,
+
+$$
+y = a\\,x + b, \\qquad a = \\frac{\\gamma}{\\sqrt{\\hat\\sigma^2 + \\epsilon}}, \\qquad
+b = \\beta - a\\,\\hat\\mu .
+$$
+
+A linear or convolutional layer $z = W x + c$ followed by it is again such a layer, with
+output channel $o$ scaled by $a_o$:
+
+$$
+W'_{o} = a_o\\,W_{o}, \\qquad c'_o = a_o\\,(c_o - \\hat\\mu_o) + \\beta_o
+$$
+
+(``fold_batch_norm``), whatever the convolution's groups, since BN scales output channels
+only. A BN *before* a linear layer folds into its input side, $W' = W\\,\\mathrm{diag}(a)$,
+$c' = c + W b$ (``fold_batch_norm_before``); for a convolution this is exact only without
+zero padding, since the padded zeros would have to become $b$. Nothing folds across a
+nonlinearity: $\\mathrm{ReLU}(a x + b)$ is not $a'\\,\\mathrm{ReLU}(x) + b'$.
+
+Every function takes torch's ``BatchNorm1d/2d/3d`` and ``bncourse.BatchNorm`` alike, refuses
+a layer in training mode or without running statistics, and never modifies its arguments.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "eval_affine",
+    "fold_batch_norm",
+    "fold_batch_norm_before",
+    "fold_model",
+    "population_statistics",
+    "reestimate_running_stats",
+]
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _is_batch_norm(module: nn.Module) -> bool:
+    from .layer import BatchNorm
+
+    return isinstance(module, (nn.modules.batchnorm._BatchNorm, BatchNorm))
+
+
+def _check_bn(bn: nn.Module) -> None:
+    if not _is_batch_norm(bn):
+        raise ValueError(f"expected a BatchNorm layer (torch's or bncourse's), got "
+                         f"{type(bn).__name__}")
+    if bn.training:
+        raise ValueError("the BatchNorm layer is in training mode, where it uses batch "
+                         "statistics and is not an affine map: call .eval() first")
+    if getattr(bn, "running_mean", None) is None or getattr(bn, "running_var", None) is None:
+        raise ValueError("the BatchNorm layer has no running statistics "
+                         "(track_running_stats=False): in eval mode it still uses batch "
+                         "statistics, so it cannot be folded")
+
+
+def eval_affine(bn: nn.Module) -> tuple[Tensor, Tensor]:
+    """The per-channel ``(a, b)`` of an eval-mode BN layer: ``y = a x + b`` per channel.
+
+    $a = \\gamma / \\sqrt{\\hat\\sigma^2 + \\epsilon}$, $b = \\beta - a\\hat\\mu$; without
+    ``affine``, $\\gamma = 1$ and $\\beta = 0$. Computed in the buffers' dtype, detached.
+    """
+    _check_bn(bn)
+    with torch.no_grad():
+        mean, var = bn.running_mean.detach(), bn.running_var.detach()
+        gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(var)
+        beta = bn.bias.detach() if getattr(bn, "bias", None) is not None else torch.zeros_like(mean)
+        a = gamma / torch.sqrt(var + bn.eps)
+        return a.clone(), (beta - a * mean).clone()
+
+
+def _out_features(layer: nn.Module) -> int:
+    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+
+
+def _check_layer(layer: nn.Module, role: str) -> None:
+    if isinstance(layer, nn.modules.conv._ConvTransposeNd):
+        raise ValueError(f"{type(layer).__name__} is not supported: only Linear and "
+                         f"Conv1d/2d/3d layers can be folded ({role})")
+    if not isinstance(layer, (nn.Linear, *_CONVS)):
+        raise ValueError(f"cannot fold BatchNorm into a {type(layer).__name__}: only Linear "
+                         f"and Conv1d/2d/3d layers are supported ({role})")
+
+
+def _with_bias(layer: nn.Module) -> nn.Module:
+    """A deep copy of ``layer`` that has a bias (zeros where the original had none)."""
+    new = copy.deepcopy(layer)
+    if new.bias is None:
+        new.bias = nn.Parameter(torch.zeros(_out_features(new), dtype=new.weight.dtype,
+                                            device=new.weight.device))
+    return new
+
+
+def fold_batch_norm(layer: nn.Module, bn: nn.Module) -> nn.Module:
+    """A new layer equal to ``bn(layer(x))`` in eval mode: $W' = aW$, $c' = a(c-\\hat\\mu)+\\beta$.
+
+    ``layer`` is a ``Linear`` or ``Conv1d/2d/3d`` (any groups, with or without bias);
+    ``bn`` an eval-mode BN over its output channels. Neither argument is changed. Raises
+    ``ValueError`` for a BN in training mode or without running statistics, a channel count
+    that does not match, or an unsupported layer type.
+    """
+    _check_layer(layer, "the layer before the BN")
+    _check_bn(bn)
+    if bn.num_features != _out_features(layer):
+        raise ValueError(f"the BatchNorm has {bn.num_features} channels but the "
+                         f"{type(layer).__name__} has {_out_features(layer)} outputs")
+    a, b = eval_affine(bn)
+    new = _with_bias(layer)
+    with torch.no_grad():
+        a_w = a.to(new.weight.dtype).reshape(-1, *([1] * (new.weight.dim() - 1)))
+        new.weight.mul_(a_w)
+        new.bias.copy_(a.to(new.bias.dtype) * new.bias + b.to(new.bias.dtype))
+    return new
+
+
+def fold_batch_norm_before(bn: nn.Module, layer: nn.Module) -> nn.Module:
+    """A new layer equal to ``layer(bn(x))`` in eval mode: $W' = W\\mathrm{diag}(a)$, $c' = c + Wb$.
+
+    ``layer`` is a ``Linear``, or a ``Conv1d/2d/3d`` without padding (zero padding would
+    have to be padding by $b$ after folding, so it is refused with a ``ValueError``).
+    """
+    _check_layer(layer, "the layer after the BN")
+    _check_bn(bn)
+    in_features = layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
+    if bn.num_features != in_features:
+        raise ValueError(f"the BatchNorm has {bn.num_features} channels but the "
+                         f"{type(layer).__name__} takes {in_features} inputs")
+    if isinstance(layer, _CONVS) and any(p != 0 for p in _padding(layer)):
+        raise ValueError("a BN before a padded convolution cannot be folded exactly: the "
+                         "padded zeros would have to be replaced by the BN's shift b")
+    a, b = eval_affine(bn)
+    new = _with_bias(layer)
+    with torch.no_grad():
+        w = layer.weight.detach()
+        if isinstance(layer, nn.Linear):
+            new.bias.add_(w @ b.to(w.dtype))
+            new.weight.mul_(a.to(w.dtype))
+        else:
+            groups = layer.groups
+            per_group_in = layer.in_channels // groups
+            per_group_out = layer.out_channels // groups
+            # input channel of weight[o, j]: (o // per_group_out) * per_group_in + j
+            group_of_out = torch.arange(layer.out_channels, device=w.device) // per_group_out
+            channel = group_of_out[:, None] * per_group_in + torch.arange(
+                per_group_in, device=w.device)[None, :]
+            shape = (layer.out_channels, per_group_in) + (1,) * (w.dim() - 2)
+            a_in = a.to(w.dtype)[channel].reshape(shape)
+            b_in = b.to(w.dtype)[channel].reshape(shape)
+            new.bias.add_((w * b_in).flatten(1).sum(dim=1))
+            new.weight.mul_(a_in)
+    return new
+
+
+def _padding(conv: nn.Module) -> tuple[int, ...]:
+    if isinstance(conv.padding, str):
+        return (0,) if conv.padding == "valid" else (1,)
+    return tuple(conv.padding)
+
+
+def fold_model(model: nn.Module, strict: bool = True) -> nn.Module:
+    """A copy of ``model`` in eval mode with every BN that follows a Linear/Conv folded into it.
+
+    Pairs are found among consecutive children of every ``nn.Sequential`` (at any depth);
+    a folded BN is replaced by ``nn.Identity``. With ``strict`` (the default) a BN left
+    unfolded (after a nonlinearity, say, or outside a Sequential) raises ``ValueError``
+    naming it; otherwise it is kept as it is. ``model`` itself is not changed.
+    """
+    new = copy.deepcopy(model).eval()
+    folded: set[int] = set()
+    for container in new.modules():
+        if not isinstance(container, nn.Sequential):
+            continue
+        names = list(container._modules)
+        for prev, name in zip(names, names[1:], strict=False):
+            layer, bn = container._modules[prev], container._modules[name]
+            if _is_batch_norm(bn) and isinstance(layer, (nn.Linear, *_CONVS)):
+                container._modules[prev] = fold_batch_norm(layer, bn)
+                container._modules[name] = nn.Identity()
+                folded.add(id(bn))
+    if strict:
+        left = [name for name, m in new.named_modules() if _is_batch_norm(m)]
+        if left:
+            raise ValueError(f"these BatchNorm layers do not directly follow a Linear or Conv "
+                             f"layer in a Sequential and were not folded: {', '.join(left)} "
+                             f"(pass strict=False to keep them)")
+    return new
+
+
+def population_statistics(
+    model: nn.Module, batches: Iterable[Tensor]
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """Ioffe and Szegedy's Algorithm 2 for every BN layer of ``model``, without changing it.
+
+    For each BN layer (by name): $E[x] = \\frac{1}{K}\\sum_k \\mu_k$ and
+    $\\mathrm{Var}[x] = \\frac{m}{m-1}\\,\\frac{1}{K}\\sum_k \\sigma_k^2$, from the batch
+    statistics the layer sees in a training-mode pass over each batch (the earlier layers
+    normalized with their own batch statistics, as in training). Batches of equal size
+    ``m`` make this the formula of the paper. ``batches`` yields inputs (or ``(x, y)``).
+    """
+    from .freezing import batch_norm_layers
+
+    work = copy.deepcopy(model).train()
+    names = {id(m): n for n, m in work.named_modules()}
+    sums: dict[str, list] = {}
+
+    def hook(module: nn.Module, inputs: tuple[Tensor, ...], _output: Tensor) -> None:
+        x = inputs[0].detach()
+        dims = [0, *range(2, x.dim())]
+        m = x.numel() // x.shape[1]
+        if m < 2:
+            raise ValueError("Algorithm 2 needs at least two values per channel in a batch")
+        var, mean = torch.var_mean(x, dim=dims, correction=0)
+        entry = sums.setdefault(names[id(module)], [0, 0.0, 0.0])
+        entry[0] += 1
+        entry[1] = entry[1] + mean
+        entry[2] = entry[2] + var * m / (m - 1)
+
+    handles = [layer.register_forward_hook(hook) for layer in batch_norm_layers(work)]
+    try:
+        seen = 0
+        with torch.no_grad():
+            for batch in batches:
+                work(batch[0] if isinstance(batch, (tuple, list)) else batch)
+                seen += 1
+    finally:
+        for handle in handles:
+            handle.remove()
+    if seen == 0:
+        raise ValueError("population_statistics needs at least one batch")
+    return {name: (s[1] / s[0], s[2] / s[0]) for name, s in sums.items()}
+
+
+def reestimate_running_stats(model: nn.Module, batches: Iterable[Tensor]) -> nn.Module:
+    """"Precise BN": every BN layer's running statistics recomputed as cumulative averages.
+
+    The same as :func:`bncourse.freezing.reestimate_running_stats` (``momentum=None`` over
+    ``batches``, every module's mode restored); for batches of equal size the result is
+    :func:`population_statistics`. Changes ``model`` in place and returns it.
+    """
+    from .freezing import reestimate_running_stats as _reestimate
+
+    with torch.no_grad():
+        return _reestimate(model, batches)

@@ -1,0 +1,191 @@
+"""bncourse.inference: folding eval-mode BN into its neighbours, and population statistics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+from bncourse import BatchNorm
+from bncourse.inference import (
+    eval_affine,
+    fold_batch_norm,
+    fold_batch_norm_before,
+    fold_model,
+    population_statistics,
+    reestimate_running_stats,
+)
+
+D = torch.float64
+
+
+_TORCH_BN = {"linear": nn.BatchNorm1d, "conv1d": nn.BatchNorm1d, "conv2d": nn.BatchNorm2d,
+             "conv3d": nn.BatchNorm3d}
+
+
+def _trained_bn(channels: int, seed: int, kind: str = "torch", spread: float = 1.0,
+                affine: bool = True, layer: str = "linear") -> nn.Module:
+    """An eval-mode BN with random running statistics and parameters."""
+    g = torch.Generator().manual_seed(seed)
+    bn = (_TORCH_BN[layer](channels, affine=affine, dtype=D) if kind == "torch"
+          else BatchNorm(channels, affine=affine, dtype=D))
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(channels, generator=g, dtype=D) * 3)
+        bn.running_var.copy_(torch.rand(channels, generator=g, dtype=D) * spread + 0.05)
+        if affine:
+            bn.weight.copy_(torch.randn(channels, generator=g, dtype=D))
+            bn.bias.copy_(torch.randn(channels, generator=g, dtype=D))
+    return bn.eval()
+
+
+def _layer(kind: str, c_in: int, c_out: int, groups: int, bias: bool, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    if kind == "linear":
+        return nn.Linear(c_in, c_out, bias=bias, dtype=D)
+    conv = {"conv1d": nn.Conv1d, "conv2d": nn.Conv2d, "conv3d": nn.Conv3d}[kind]
+    return conv(c_in, c_out, kernel_size=3, padding=1, groups=groups, bias=bias, dtype=D)
+
+
+def _input(kind: str, c_in: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed + 1)
+    spatial = {"linear": (), "conv1d": (7,), "conv2d": (5, 4), "conv3d": (3, 4, 3)}[kind]
+    return torch.randn(4, c_in, *spatial, generator=g, dtype=D)
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+layer_cases = st.tuples(
+    st.sampled_from(["linear", "conv1d", "conv2d", "conv3d"]),
+    st.sampled_from([1, 2, 3]),  # groups (a multiplier of both channel counts)
+    st.integers(1, 3),  # input channels per group
+    st.integers(1, 3),  # output channels per group
+    st.booleans(),  # bias
+    st.sampled_from(["torch", "bncourse"]),
+    st.integers(0, 10_000),
+)
+
+
+@pytest.mark.verifies("eq-inference-fold")
+@given(layer_cases)
+def test_folding_after_a_layer_equals_the_eval_mode_pair_in_float64(case):
+    kind, groups, per_in, per_out, bias, bn_kind, seed = case
+    if kind == "linear":
+        groups = 1
+    c_in, c_out = groups * per_in, groups * per_out
+    layer = _layer(kind, c_in, c_out, groups, bias, seed)
+    bn = _trained_bn(c_out, seed, bn_kind, layer=kind)
+    x = _input(kind, c_in, seed)
+    before = [p.clone() for p in (*layer.parameters(), *bn.buffers())]
+    with torch.no_grad():
+        want = bn(layer(x))
+        got = fold_batch_norm(layer, bn)(x)
+    assert _relative(got, want) <= 1e-12
+    after = [p.clone() for p in (*layer.parameters(), *bn.buffers())]
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True)), "inputs changed"
+
+
+@given(layer_cases)
+def test_folding_agrees_with_torchs_fusion_utilities(case):
+    kind, groups, per_in, per_out, bias, _, seed = case
+    if kind == "linear":
+        groups = 1
+    c_in, c_out = groups * per_in, groups * per_out
+    layer = _layer(kind, c_in, c_out, groups, bias, seed).eval()
+    bn = _trained_bn(c_out, seed, "torch", layer=kind)
+    fuse = fuse_linear_bn_eval if kind == "linear" else fuse_conv_bn_eval
+    theirs, ours = fuse(layer, bn), fold_batch_norm(layer, bn)
+    assert torch.allclose(ours.weight, theirs.weight, rtol=1e-13, atol=0)
+    assert torch.allclose(ours.bias, theirs.bias, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.verifies("eq-inference-fold-before")
+@given(st.sampled_from(["linear", "conv1d", "conv2d"]), st.sampled_from([1, 2]),
+       st.booleans(), st.integers(0, 10_000))
+def test_folding_a_bn_before_a_layer_is_exact_without_padding(kind, groups, bias, seed):
+    if kind == "linear":
+        groups = 1
+    c_in, c_out = 2 * groups, 3 * groups
+    layer = _layer(kind, c_in, c_out, groups, bias, seed)
+    if kind != "linear":
+        layer.padding = (0,) * (layer.weight.dim() - 2)
+    bn = _trained_bn(c_in, seed, layer=kind)
+    x = _input(kind, c_in, seed)
+    with torch.no_grad():
+        assert _relative(fold_batch_norm_before(bn, layer)(x), layer(bn(x))) <= 1e-12
+
+
+def test_eval_affine_is_the_eval_mode_layer():
+    bn = _trained_bn(3, 0, "bncourse")
+    a, b = eval_affine(bn)
+    x = torch.randn(5, 3, dtype=D)
+    with torch.no_grad():
+        assert torch.allclose(bn(x), a * x + b, rtol=1e-14, atol=1e-14)
+    plain = _trained_bn(3, 1, affine=False)
+    a, b = eval_affine(plain)
+    assert torch.allclose(a, 1 / torch.sqrt(plain.running_var + plain.eps))
+
+
+def test_fold_model_folds_every_pair_and_refuses_a_bn_after_a_nonlinearity():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, bias=False, dtype=D), BatchNorm(4, dtype=D), nn.ReLU(),
+        nn.Sequential(nn.Conv2d(4, 4, 3, groups=4, dtype=D), nn.BatchNorm2d(4, dtype=D)),
+        nn.Flatten(), nn.LazyLinear(5, dtype=D), nn.BatchNorm1d(5, dtype=D),
+    )
+    x = torch.randn(6, 3, 6, 6, dtype=D)
+    with torch.no_grad():
+        for _ in range(3):
+            model.train()(x)
+        want = model.eval()(x)
+        folded = fold_model(model)
+        assert not any(isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d, BatchNorm))
+                       for m in folded.modules())
+        assert _relative(folded(x), want) <= 1e-12
+    with pytest.raises(ValueError, match="do not directly follow"):
+        fold_model(nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.BatchNorm1d(3)).eval())
+    kept = fold_model(nn.Sequential(nn.ReLU(), nn.BatchNorm1d(3)), strict=False)
+    assert isinstance(kept[1], nn.BatchNorm1d)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: (nn.Linear(3, 4), nn.BatchNorm1d(5).eval()), "5 channels"),
+        (lambda: (nn.Linear(3, 4), nn.BatchNorm1d(4)), "training mode"),
+        (lambda: (nn.Linear(3, 4), nn.BatchNorm1d(4, track_running_stats=False).eval()),
+         "no running statistics"),
+        (lambda: (nn.ConvTranspose2d(3, 4, 3), nn.BatchNorm2d(4).eval()), "not supported"),
+        (lambda: (nn.ReLU(), nn.BatchNorm1d(4).eval()), "only Linear"),
+        (lambda: (nn.Linear(3, 4), nn.ReLU()), "expected a BatchNorm"),
+    ],
+)
+def test_bad_folds_are_refused_with_a_message_that_names_the_problem(make, message):
+    layer, bn = make()
+    with pytest.raises(ValueError, match=message):
+        fold_batch_norm(layer, bn)
+
+
+def test_a_bn_before_a_padded_convolution_is_refused():
+    with pytest.raises(ValueError, match="padded"):
+        fold_batch_norm_before(nn.BatchNorm2d(3).eval(), nn.Conv2d(3, 4, 3, padding=1))
+
+
+@pytest.mark.verifies("eq-inference-algorithm2")
+def test_reestimating_equals_algorithm_2_for_equal_batches():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(4, 6, dtype=D), BatchNorm(6, dtype=D), nn.ReLU(),
+                          nn.Linear(6, 3, dtype=D), nn.BatchNorm1d(3, dtype=D))
+    batches = [torch.randn(8, 4, dtype=D) * 2 + 1 for _ in range(5)]
+    stats = population_statistics(model, batches)
+    reestimate_running_stats(model, batches)
+    for name in ("1", "4"):
+        layer = model.get_submodule(name)
+        assert torch.allclose(layer.running_mean, stats[name][0], rtol=1e-12, atol=1e-14)
+        assert torch.allclose(layer.running_var, stats[name][1], rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="at least one batch"):
+        population_statistics(model, [])
