@@ -9,6 +9,22 @@ from ._cases import backward_cases, rng
 from .core import Case, ChoiceExercise, Exercise, FunctionExercise, Mistake, NumberExercise
 
 
+def _backward_cases() -> list[Case]:
+    """The shared backward cases, with a sequence input ``(N, C, L)`` whenever they lack one.
+
+    A backward that picks its axes by rank (``(0, 2, 3)`` for 4-D input, ``(0,)`` otherwise)
+    is right on fully connected and image inputs and wrong only on a 3-D input.
+    """
+    cases = backward_cases()
+    if not any(len(case.args[1].shape) == 3 for case in cases):
+        r = rng(20260204)
+        shape = (4, 2, 5)
+        cases.append(Case("a sequence input of shape (N, C, L) = (4, 2, 5)",
+                          (r.normal(0.0, 1.0, shape), r.normal(-1.0, 2.0, shape),
+                           r.uniform(0.5, 2.0, 2), 1e-5)))
+    return cases
+
+
 def _reference_backward(dy, x, gamma, eps):
     _, cache = batch_norm_forward(x, gamma, np.zeros_like(gamma), eps)
     return batch_norm_backward(dy, cache)
@@ -64,6 +80,37 @@ def _missing_gamma(dy, x, gamma, eps):
     return dx / gamma.reshape(channel_shape(x.ndim, x.shape[1])), dgamma, dbeta
 
 
+def _axes_by_rank(dy, x, gamma, eps):
+    # Axes chosen for the two common ranks only: right for (N, C) and (N, C, H, W), wrong for
+    # a sequence (N, C, L), where axis 2 (the positions) is left out of every sum.
+    axes = (0, 2, 3) if x.ndim == 4 else (0,)
+    m = int(np.prod([x.shape[a] for a in axes]))
+    mean = x.mean(axis=axes, keepdims=True)
+    inv_std = 1.0 / np.sqrt(x.var(axis=axes, keepdims=True) + eps)
+    x_hat = (x - mean) * inv_std
+    g = gamma.reshape(channel_shape(x.ndim, x.shape[1]))
+    dbeta = dy.sum(axis=axes)
+    dgamma = (dy * x_hat).sum(axis=axes)
+    dx = g * inv_std / m * (m * dy - dy.sum(axis=axes, keepdims=True)
+                             - x_hat * (dy * x_hat).sum(axis=axes, keepdims=True))
+    return dx, dgamma, dbeta
+
+
+def _bessel_corrected(dy, x, gamma, eps):
+    # x_hat recomputed with the unbiased variance (np.var(ddof=1), torch.var's default).
+    axes = reduction_axes(x.ndim)
+    m = x.size // x.shape[1]
+    mean = x.mean(axis=axes, keepdims=True)
+    inv_std = 1.0 / np.sqrt(x.var(axis=axes, keepdims=True, ddof=1) + eps)
+    x_hat = (x - mean) * inv_std
+    g = gamma.reshape(channel_shape(x.ndim, x.shape[1]))
+    dbeta = dy.sum(axis=axes)
+    dgamma = (dy * x_hat).sum(axis=axes)
+    dx = g * inv_std / m * (m * dy - dy.sum(axis=axes, keepdims=True)
+                             - x_hat * (dy * x_hat).sum(axis=axes, keepdims=True))
+    return dx, dgamma, dbeta
+
+
 def _sums_over_channels(dy, x, gamma, eps):
     # The sums inside dx taken over the channel axis instead of the batch.
     axes, m, x_hat, inv_std, g, _, _ = _pieces(dy, x, gamma, eps)
@@ -81,12 +128,18 @@ BACKWARD = FunctionExercise(
     title="Write the backward pass",
     signature="backward(dy, x, gamma, eps) -> (dx, dgamma, dbeta)",
     reference=_reference_backward,
-    cases=backward_cases,
+    cases=_backward_cases,
     n_outputs=3,
     output_names=("dx", "dgamma", "dbeta"),
-    hint="Recompute x_hat from x, then dbeta = sum(dy), dgamma = sum(dy * x_hat), and "
-    "dx = gamma / (m * sqrt(var + eps)) * (m * dy - sum(dy) - x_hat * sum(dy * x_hat)), "
-    "every sum per channel over the batch and spatial axes.",
+    hints=(
+        "Start from the forward pass: recompute the batch mean, the biased variance and x_hat "
+        "from x, per channel.",
+        "Every sum runs per channel over every axis but axis 1, for any number of spatial "
+        "axes: (0, *range(2, x.ndim)).",
+        "dbeta and dgamma are the two sums of the gradients of gamma and beta; dx reuses "
+        "both, inside the bracket of the compact form, with the factor gamma / (m * "
+        "sqrt(var + eps)) outside.",
+    ),
     mistakes=(
         Mistake(
             "statistics_as_constants",
@@ -138,6 +191,20 @@ BACKWARD = FunctionExercise(
             "(and spatial) axes, as in the forward pass, not over the channels of one example.",
             _sums_over_channels,
         ),
+        Mistake(
+            "axes_by_rank",
+            "the sums leave out the positions of a sequence input (N, C, L): axes chosen as "
+            "(0, 2, 3) for 4-D input and (0,) otherwise are right only for (N, C) and "
+            "(N, C, H, W). Sum over every axis but the channel axis, (0, *range(2, x.ndim)).",
+            _axes_by_rank,
+        ),
+        Mistake(
+            "bessel_corrected",
+            "x_hat is computed with the unbiased variance (divided by m - 1, as np.var(ddof=1) "
+            "and torch.var's default do): BN normalizes with the biased variance, divided by "
+            "m, so the backward must recompute x_hat and 1/sqrt(var + eps) with it too.",
+            _bessel_corrected,
+        ),
     ),
 )
 
@@ -179,8 +246,12 @@ PARAM_GRADS = FunctionExercise(
     cases=param_grad_cases,
     n_outputs=2,
     output_names=("dgamma", "dbeta"),
-    hint="gamma and beta are shared by every value of their channel: add up the contributions "
-    "dy * x_hat and dy over the batch axis and every spatial axis, one value per channel.",
+    hints=(
+        "Each output y_i = gamma * x_hat_i + beta of a channel depends on the same gamma and "
+        "beta: what does the chain rule do with contributions from many outputs?",
+        "The results have one value per channel, shape (C,): which axes of an (N, C, H, W) "
+        "array hold values of the same channel?",
+    ),
     mistakes=(
         Mistake(
             "mean_not_sum",
@@ -235,7 +306,11 @@ SUM_DX = NumberExercise(
     value=0.0,
     rtol=1e-6,
     atol=1e-9,
-    hint="Sum the compact form of dx over the batch: what do sum(x_hat) and sum(1) give?",
+    hints=(
+        "You need not compute dx entry by entry: sum the compact form of dx over the batch.",
+        "Inside the bracket, what do the sum of m * dy_i over i, the sum of the constant "
+        "sum_j dy_j over i, and the sum of x_hat_i give?",
+    ),
     mistakes=(
         Mistake(
             "statistics_as_constants",
@@ -289,7 +364,12 @@ FIND_BUG = ChoiceExercise(
         "e": "none: the code is correct",
     },
     answer="d",
-    hint="Compare each line with the compact form, factor by factor, and count the 1/m.",
+    hints=(
+        "Lines (a) to (c) recompute the forward pass and the two parameter gradients: compare "
+        "each with its formula first.",
+        "Line (d) has moved the factor 1/m of the compact form inside the bracket: check that "
+        "every term inside it got its 1/m.",
+    ),
     mistakes=(
         Mistake(
             "mean_line",
@@ -332,8 +412,12 @@ FD_STEP = ChoiceExercise(
         "d": "h = 1e-1",
     },
     answer="c",
-    hint="Add the truncation error (about h^2) and the round-off error (about 1e-16 / h), "
-    "and find where the sum is smallest.",
+    hints=(
+        "Two errors compete: the Taylor series terms the difference leaves out, which shrink "
+        "with h, and the rounding of f, which the division by 2h magnifies as h shrinks.",
+        "Write the first as C1 * h^2 and the second as C2 * 1e-16 / h; minimise the sum over "
+        "h (the constants change the answer only by a small factor).",
+    ),
     mistakes=(
         Mistake(
             "smallest_step",
@@ -358,4 +442,136 @@ FD_STEP = ChoiceExercise(
     ),
 )
 
-EXERCISES: list[Exercise] = [BACKWARD, PARAM_GRADS, SUM_DX, FIND_BUG, FD_STEP]
+
+# --------------------------------------------------------------------------------------
+# Reasoning: predict, then run; choose the explanation of an output
+# --------------------------------------------------------------------------------------
+
+BIAS_BEFORE_BN = ChoiceExercise(
+    id="gradients.bias_before_bn",
+    chapter=2,
+    title="The bias of the layer before BN",
+    options={
+        "a": "it grows steadily, because nothing in the loss holds it back",
+        "b": "it does not change, up to round-off",
+        "c": "it moves like beta does, by the learning rate times the sum of dy",
+        "d": "it changes a little, by an amount of relative size eps / (var + eps)",
+    },
+    answer="b",
+    hints=(
+        "The bias b_j is added to every value of channel j of BN's input: what is the "
+        "gradient of b_j in terms of dx?",
+        "Sum the compact form of dx over the batch, term by term.",
+    ),
+    mistakes=(
+        Mistake(
+            "grows",
+            "it would grow only if its gradient kept one sign, which is what the wrong "
+            "'statistics as constants' backward gives it. The true gradient of the bias is "
+            "the sum of dx over the batch, which is zero: the mean subtraction removes any "
+            "shift of the channel, so the loss cannot depend on it.",
+            "a",
+        ),
+        Mistake(
+            "moves_like_beta",
+            "beta comes after the mean subtraction and moves the output's mean; a bias before "
+            "BN is removed by that subtraction. Its gradient is the sum of dx over the batch, "
+            "not the sum of dy, and that sum is zero.",
+            "c",
+        ),
+        Mistake(
+            "eps_residual",
+            "eps enters the other sum, that of dx * x_hat (the direction that stretches the "
+            "batch). The sum of dx alone is zero for every eps: shifting a channel leaves its "
+            "x_hat exactly unchanged.",
+            "d",
+        ),
+    ),
+)
+
+BLOCK_MEMORY = ChoiceExercise(
+    id="gradients.block_memory",
+    chapter=2,
+    title="What a Linear, BN, ReLU block keeps",
+    options={
+        "a": "none",
+        "b": "one: BN's input, which the linear layer keeps anyway",
+        "c": "two: BN's input and ReLU's output",
+        "d": "three: BN's input, x_hat and ReLU's output",
+    },
+    answer="c",
+    hints=(
+        "Ask, layer by layer, what its backward needs: the linear layer to form the gradient "
+        "of its weights, BN to form dx, ReLU to know where its output was positive.",
+        "A tensor kept by two layers is kept once. Does the linear layer need its input or "
+        "its output for the gradient of its weights?",
+    ),
+    mistakes=(
+        Mistake(
+            "none",
+            "both BN's backward and ReLU's need a tensor the size of BN's input: BN needs the "
+            "batch's values to form x_hat and its sums, ReLU needs to know which of its outputs "
+            "were positive. Neither can be rebuilt from per-channel vectors.",
+            "a",
+        ),
+        Mistake(
+            "linear_keeps_output",
+            "a linear layer keeps its input, not its output: the gradient of W in z = x W^T "
+            "needs x. So BN's input z is kept by BN alone, and ReLU keeps its own output "
+            "besides.",
+            "b",
+        ),
+        Mistake(
+            "keeps_x_hat_too",
+            "torch's layer keeps its input x and the per-channel mean and 1/sigma, and "
+            "recomputes x_hat from them in its backward; it does not keep x_hat as well.",
+            "d",
+        ),
+    ),
+)
+
+FD_PLATEAU = ChoiceExercise(
+    id="gradients.fd_plateau",
+    chapter=2,
+    title="The float32 plateau",
+    options={
+        "a": "x + h and x - h round to x itself, so f is evaluated twice at the same point",
+        "b": "for some entry k, f(x + h e_k) and f(x - h e_k) round to the same float32 "
+        "number, so that difference quotient is exactly 0",
+        "c": "the truncation error, of order h^2, dominates at these steps",
+        "d": "some entries of BN's true gradient are zero, and a relative error against zero "
+        "is 1",
+    },
+    answer="b",
+    hints=(
+        "The relative error of one entry, |a - b| / (|a| + |b|), is exactly 1 when one of "
+        "a, b is zero. Which of the two can be zero here?",
+        "Compare two spacings of float32 numbers: that near the entries of x, and that near "
+        "the value of f. Which one does a step of h = 1e-6 fall below first?",
+    ),
+    mistakes=(
+        Mistake(
+            "input_rounds",
+            "x + h rounds to x only when h is below half the float32 spacing at x; near the "
+            "largest |x| of this batch that is a few times 1e-7, short of where the plateau "
+            "ends. Above it x + h and x - h differ, but f(x + h) and f(x - h) can still round "
+            "to the same number.",
+            "a",
+        ),
+        Mistake(
+            "truncation",
+            "the truncation error shrinks as h^2 when h shrinks: it is what bends the curves up "
+            "at the largest steps, on the right of the figure, not at the smallest.",
+            "c",
+        ),
+        Mistake(
+            "zero_gradient",
+            "the analytic gradient is computed in float64 and none of its entries is zero; "
+            "what becomes zero is a difference quotient computed in float32.",
+            "d",
+        ),
+    ),
+)
+
+EXERCISES: list[Exercise] = [BACKWARD, PARAM_GRADS, SUM_DX, FIND_BUG, FD_STEP, BIAS_BEFORE_BN,
+                             BLOCK_MEMORY, FD_PLATEAU]
