@@ -34,7 +34,7 @@ _LAZY_ATTRIBUTES = {
 _LAZY_MODULES = {
     "layer", "gradcheck", "jacobian", "memory", "analysis", "networks", "invariance",
     "freezing", "training", "exercises", "plotting", "authoring", "bench", "claims",
-    "inference",
+    "inference", "normalization", "distributed",
 }
 
 __all__ = ["functional", "BatchNorm", "BatchNormFunction", *sorted(_LAZY_MODULES)]

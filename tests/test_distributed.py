@@ -1,0 +1,313 @@
+"""Synchronized BN across processes: parity with single-process BN on the global batch,
+DDP training, the pairwise merge of moments, the launcher's limits, and bad input.
+
+Process groups are expensive to start on a small machine, so each world size (2, 3, 4) is
+launched once, by a module-scoped fixture, and several tests read its results.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+import bncourse
+from bncourse import distributed as D
+
+TOL = 1e-12
+
+# Local batch sizes per rank: unequal, with a process holding one example, and one holding
+# none (allowed while the global batch has at least 2 values per channel).
+CASES = {
+    2: [
+        {"sizes": [1, 5], "shape": (3,), "seed": 11, "steps": 3, "momentum": 0.1},
+        {"sizes": [3, 1], "shape": (2, 3, 4), "seed": 12, "steps": 2, "momentum": None},
+    ],
+    3: [
+        {"sizes": [4, 1, 2], "shape": (4,), "seed": 21, "steps": 3, "momentum": 0.1},
+        {"sizes": [0, 2, 1], "shape": (3, 2, 2), "seed": 22, "steps": 2, "momentum": 0.3},
+    ],
+    4: [
+        {"sizes": [2, 1, 3, 1], "shape": (3,), "seed": 31, "steps": 3, "momentum": 0.1},
+        {"sizes": [1, 2, 1, 2], "shape": (2, 3, 3), "seed": 32, "steps": 2, "momentum": 0.1},
+    ],
+}
+DDP = (4, 5, 8)  # steps, seed, global batch
+
+
+@pytest.fixture(scope="module")
+def runs():
+    """One launch per world size: parity cases everywhere, errors at 2 and 3, DDP at 2."""
+    out = {}
+    for world, cases in CASES.items():
+        out[world] = D.launch(
+            D.suite_worker, world,
+            (cases, world in (2, 3), DDP if world == 2 else None), timeout=90,
+        )
+    return out
+
+
+def _gap(a, b):
+    return float((a - b).detach().abs().max())
+
+
+@pytest.mark.verifies("thm-distributed-sync", "eq-distributed-backward")
+@pytest.mark.parametrize("world", sorted(CASES))
+def test_sync_bn_equals_single_process_bn_on_the_concatenated_batch(runs, world):
+    results = runs[world]
+    for i, case in enumerate(CASES[world]):
+        ref = D.single_process_reference(case)
+        for step in range(case["steps"]):
+            for key in ("y", "dx"):
+                got = torch.cat([r["parity"][i][key][step] for r in results])
+                gap = _gap(got, ref[key][step])
+                assert gap <= TOL, (
+                    f"{key} differs by {gap:.3g} ({world} ranks, {case}, step {step})")
+            for key in ("dgamma", "dbeta"):
+                got = sum(r["parity"][i][key][step] for r in results)
+                gap = _gap(got, ref[key][step])
+                assert gap <= TOL, (
+                    f"{key} summed over ranks differs by {gap:.3g} ({world} ranks, {case})")
+        for r in results:
+            for key in ("running_mean", "running_var"):
+                gap = _gap(r["parity"][i][key], ref[key])
+                assert gap <= TOL, f"{key} differs by {gap:.3g} ({world} ranks, {case})"
+        got = torch.cat([r["parity"][i]["eval"] for r in results])
+        assert _gap(got, ref["eval"]) <= TOL
+
+
+def test_local_gradients_of_gamma_and_beta_differ_between_ranks(runs):
+    # The parameter gradients are local sums: only their sum over ranks is the global one.
+    a, b = (r["parity"][0]["dbeta"][0] for r in runs[2])
+    assert _gap(a, b) > 1e-3
+
+
+def test_bad_input_is_a_clear_error_on_every_rank(runs):
+    for world in (2, 3):
+        for rank, r in enumerate(runs[world]):
+            errors = r["errors"]
+            assert "disagree on the number of channels" in errors["channels"]
+            assert "rank 0: 3" in errors["channels"] and f"rank {world - 1}: {2 + world}" in (
+                errors["channels"])
+            assert "0 value(s) per channel" in errors["empty"], rank
+            assert "1 value(s) per channel" in errors["one_value"], rank
+            assert errors["group_alive"] == str(world), "the group broke after an error"
+
+
+def test_ddp_on_gloo_matches_single_process_training_on_the_global_batch(runs):
+    steps, seed, n = DDP
+    ref = D.ddp_reference(steps, seed, n)
+    for r in runs[2]:
+        state = r["ddp"]["state"]
+        assert state.keys() == ref["state"].keys()
+        for key, value in ref["state"].items():
+            gap = _gap(state[key].double(), value.double())
+            assert gap <= 1e-10, f"{key} differs by {gap:.3g} after {steps} DDP steps"
+    # The global mean loss is the mean of the two equal local mean losses.
+    local = np.array([r["ddp"]["losses"] for r in runs[2]])
+    np.testing.assert_allclose(local.mean(axis=0), ref["losses"], rtol=1e-10)
+
+
+def test_uninitialized_process_group_is_a_clear_error():
+    assert not dist.is_initialized()
+    layer = D.SyncBatchNorm(3)
+    with pytest.raises(ValueError, match="initialized process group"):
+        layer(torch.randn(4, 3))
+    layer.eval()  # eval mode communicates nothing and works anywhere
+    assert layer(torch.randn(4, 3)).shape == (4, 3)
+
+
+@pytest.fixture
+def world_of_one():
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{D.free_port()}",
+                            rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_values_communicated_per_step_are_those_counted(world_of_one, monkeypatch):
+    sent = []
+    for name in ("all_gather", "all_reduce"):
+        original = getattr(dist, name)
+
+        def counting(*args, _original=original, _name=name, **kwargs):
+            tensor = args[1] if _name == "all_gather" else args[0]
+            sent.append((_name, tensor.dtype, tensor.numel()))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(dist, name, counting)
+    c = 7
+    layer = D.SyncBatchNorm(c)
+    x = torch.randn(5, c, 2, requires_grad=True)
+    layer(x).sum().backward()
+    floats = sum(n for _, dtype, n in sent if dtype.is_floating_point)
+    ints = sum(n for _, dtype, n in sent if not dtype.is_floating_point)
+    assert floats == D.sync_values_per_step(c) == 4 * c
+    assert ints == 2  # the agreement check: channels and local count
+    assert D.sync_bytes_per_step(c) == 4 * c * 4
+    assert D.sync_bytes_per_step([c, c], itemsize=8) == 2 * 4 * c * 8
+
+
+def test_sync_bn_in_a_world_of_one_is_batch_norm(world_of_one):
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 4, dtype=torch.float64)
+    sync = D.SyncBatchNorm(3, dtype=torch.float64)
+    plain = bncourse.BatchNorm(3, dtype=torch.float64)
+    assert sync.state_dict().keys() == plain.state_dict().keys()
+    assert _gap(sync(x), plain(x)) <= TOL
+    assert _gap(sync.running_var, plain.running_var) <= TOL
+
+
+def test_convert_sync_batchnorm_replaces_every_bn_and_keeps_its_state():
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Sequential(bncourse.BatchNorm(4)))
+    model[1].running_mean.fill_(2.0)
+    model.eval()
+    converted = D.convert_sync_batchnorm(model)
+    assert isinstance(converted[1], D.SyncBatchNorm)
+    assert isinstance(converted[2][0], D.SyncBatchNorm)
+    assert torch.equal(converted[1].running_mean, torch.full((4,), 2.0))
+    assert not converted[1].training
+
+
+# --------------------------------------------------------------------------------------
+# The launcher
+# --------------------------------------------------------------------------------------
+
+
+def test_a_failing_worker_fails_the_launch_with_its_traceback_and_leaves_no_process():
+    with pytest.raises(Exception) as info:
+        D.launch(D._fail_worker, 2, (1,), timeout=60)
+    assert "worker 1 failed on purpose" in str(info.value)
+    assert "Traceback" in str(info.value)
+    assert multiprocessing.active_children() == []
+
+
+def test_a_launch_that_runs_too_long_is_stopped():
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match="did not finish within"):
+        D.launch(D._sleep_worker, 2, (120.0,), timeout=4)
+    assert time.monotonic() - start < 30
+    assert multiprocessing.active_children() == []
+
+
+def test_launch_rejects_a_bad_world_size():
+    with pytest.raises(ValueError, match="world_size"):
+        D.launch(D._pid_worker, 0)
+
+
+# --------------------------------------------------------------------------------------
+# The pairwise merge
+# --------------------------------------------------------------------------------------
+
+_parts = st.lists(
+    st.tuples(st.integers(0, 6), st.floats(-1e4, 1e4), st.floats(0.01, 100.0)),
+    min_size=1, max_size=5,
+).filter(lambda parts: sum(n for n, _, _ in parts) > 0)
+
+
+@pytest.mark.verifies("eq-distributed-merge")
+@given(parts=_parts, seed=st.integers(0, 2**16))
+def test_merge_moments_equals_numpy_on_the_concatenation(parts, seed):
+    rng = np.random.default_rng(seed)
+    chunks = [rng.normal(loc, scale, (n, 3)) for n, loc, scale in parts]
+    triples = []
+    for chunk in chunks:
+        n = chunk.shape[0]
+        mean = chunk.mean(axis=0) if n else np.zeros(3)
+        triples.append((n, mean, ((chunk - mean) ** 2).sum(axis=0) if n else np.zeros(3)))
+    n, mean, m2 = D.merge_all(triples)
+    whole = np.concatenate(chunks)
+    assert n == whole.shape[0]
+    np.testing.assert_allclose(mean, whole.mean(axis=0), rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(m2 / n, whole.var(axis=0), rtol=1e-9, atol=1e-9)
+
+
+@given(a=st.integers(1, 20), b=st.integers(1, 20), seed=st.integers(0, 2**16))
+def test_merge_moments_is_symmetric_and_works_on_tensors(a, b, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(a + b, 4, generator=g, dtype=torch.float64) + 50
+    ta, tb = D.local_moments(x[:a]), D.local_moments(x[a:])
+    n1, mean1, m21 = D.merge_moments(ta, tb)
+    n2, mean2, m22 = D.merge_moments(tb, ta)
+    n, mean, m2 = D.local_moments(x)
+    assert n1 == n2 == n
+    for got in (mean1, mean2):
+        assert _gap(got, mean) <= 1e-12
+    for got in (m21, m22):
+        assert _gap(got, m2) <= 1e-10 * float(m2.abs().max())
+
+
+def test_merge_moments_rejects_bad_counts():
+    z = np.zeros(2)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="count"):
+            D.merge_moments((bad, z, z), (2, z, z))
+    with pytest.raises(ValueError, match="triples"):
+        D.merge_moments((1, z), (2, z, z))
+    with pytest.raises(ValueError, match="at least one"):
+        D.merge_all([])
+
+
+@pytest.mark.verifies("eq-distributed-one-pass")
+def test_the_one_pass_variance_loses_every_digit_in_float32_where_the_merge_does_not():
+    from bncourse.normalization import one_pass_variance
+
+    g = torch.Generator().manual_seed(0)
+    x64 = torch.randn(4096, 1, generator=g, dtype=torch.float64) + 1e4
+    x32 = x64.float()
+    true = float(x64.var(unbiased=False))
+    one_pass = float(one_pass_variance(x32)[0])
+    assert abs(one_pass - true) > 0.5 * true, "the one-pass formula kept its digits"
+    parts = [D.local_moments(chunk) for chunk in x32.split(1000)]
+    n, _, m2 = D.merge_all(parts)
+    assert abs(float(m2[0]) / n - true) < 1e-3 * true
+
+
+# --------------------------------------------------------------------------------------
+# Communication volume of ResNet-50, checked against an independent build of the network
+# --------------------------------------------------------------------------------------
+
+
+class _Bottleneck(nn.Module):
+    def __init__(self, cin: int, width: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, 4 * width, 1, bias=False), nn.BatchNorm2d(4 * width),
+        )
+        self.shortcut = (
+            nn.Sequential(nn.Conv2d(cin, 4 * width, 1, stride, bias=False),
+                          nn.BatchNorm2d(4 * width))
+            if stride != 1 or cin != 4 * width else nn.Identity()
+        )
+
+
+def _resnet50() -> nn.Module:
+    layers: list[nn.Module] = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64)]
+    cin = 64
+    for blocks, width, stride in ((3, 64, 1), (4, 128, 2), (6, 256, 2), (3, 512, 2)):
+        for b in range(blocks):
+            layers.append(_Bottleneck(cin, width, stride if b == 0 else 1))
+            cin = 4 * width
+    layers.append(nn.Linear(2048, 1000))
+    return nn.Sequential(*layers)
+
+
+def test_resnet50_bn_channels_match_a_built_resnet50():
+    torch.manual_seed(0)
+    model = _resnet50()
+    # 25,557,032 parameters: the count torchvision documents for its resnet50.
+    assert sum(p.numel() for p in model.parameters()) == 25_557_032
+    built = sorted(m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    assert sorted(D.resnet50_bn_channels()) == built
+    assert len(D.RESNET50_BN_CHANNELS) == len(built)
