@@ -6,6 +6,10 @@
 * :func:`batch_dependence`: the training-mode output of one fixed example in many batches.
 * :func:`output_std`: how eps shrinks the output of a low-variance channel.
 * :func:`compare_with_torch`: ``bncourse`` against ``torch.nn.BatchNorm1d/2d`` in float64.
+* :func:`placement_experiment`: BN before or after the ReLU (or none), trained on the digits
+  over a few seeds, with means, standard errors and the paired difference.
+* :func:`unit_input_over_training`: percentiles of one unit's pre-activation on a fixed batch
+  over the training steps, with or without BN: internal covariate shift, measured.
 
 Everything is seeded, so the same call gives the same numbers on every machine.
 """
@@ -33,6 +37,10 @@ __all__ = [
     "output_std",
     "compare_with_torch",
     "per_channel_moments",
+    "PlacementResult",
+    "placement_experiment",
+    "UnitTrace",
+    "unit_input_over_training",
 ]
 
 #: Where the BN layer sits in each hidden block: before the ReLU (the original paper),
@@ -236,3 +244,179 @@ def per_channel_moments(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and (biased) standard deviation over every axis but 1."""
     axes = reduction_axes(y.ndim)
     return y.mean(axis=axes), y.std(axis=axes)
+
+
+# --------------------------------------------------------------------------------------
+# Measured runs on the digits: where BN goes, and one unit's input over training
+# --------------------------------------------------------------------------------------
+
+
+def _digits(data: Any) -> Any:
+    from .training import load_digits_data
+
+    return load_digits_data() if data is None else data
+
+
+def _standard_error(values: np.ndarray) -> float:
+    """Standard error of the mean, with the unbiased variance of the values."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size < 2:
+        raise ValueError("a standard error needs at least two values")
+    return float(values.std(ddof=1) / np.sqrt(values.size))
+
+
+@dataclass(frozen=True)
+class PlacementResult:
+    """Test accuracies (in %) per placement, one per seed, the seeds paired by index."""
+
+    seeds: tuple[int, ...]
+    accuracy: dict[str, np.ndarray]
+
+    def mean(self, placement: str) -> float:
+        """Mean test accuracy of ``placement`` over the seeds, in %."""
+        return float(np.mean(self.accuracy[placement]))
+
+    def stderr(self, placement: str) -> float:
+        """Standard error of that mean, in percentage points."""
+        return _standard_error(self.accuracy[placement])
+
+    def difference(self, first: str = "before", second: str = "after") -> tuple[float, float]:
+        """Mean and standard error of the paired difference ``first - second`` over seeds."""
+        d = self.accuracy[first] - self.accuracy[second]
+        return float(d.mean()), _standard_error(d)
+
+
+def placement_experiment(
+    data: Any = None,
+    *,
+    placements: tuple[str, ...] = ("before", "after", "none"),
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4),
+    width: int = 64,
+    depth: int = 2,
+    epochs: int = 10,
+    batch_size: int = 64,
+    lr: float = 1e-2,
+    threads: int | None = 1,
+) -> PlacementResult:
+    """Train the same MLP with BN before the ReLU, after it, or without BN, on the digits.
+
+    For each seed every placement starts from the same linear weights (:func:`make_mlp` draws
+    only the linear layers) and sees the same mini-batches (``training.train`` with that
+    seed), so the seeds pair the runs. Adam with learning rate ``lr`` on the cross-entropy
+    (:func:`bncourse.training.train`); test accuracy in eval mode, in %. ``data`` defaults
+    to :func:`bncourse.training.load_digits_data`.
+    """
+    from .training import accuracy, torch_threads, train
+
+    if len(seeds) < 2:
+        raise ValueError("give at least two seeds, so that a standard error exists")
+    for placement in placements:
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}; got {placement!r}")
+    data = _digits(data)
+    in_features = data.x_train.shape[1]
+    classes = int(data.y_train.max()) + 1
+    results: dict[str, list[float]] = {p: [] for p in placements}
+    with torch_threads(threads):
+        for seed in seeds:
+            for placement in placements:
+                model = make_mlp(in_features, width, depth, classes, placement=placement,
+                                 seed=seed, dtype=torch.float32)
+                train(model, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                      progress=False, threads=None)
+                results[placement].append(100.0 * accuracy(model, data.x_test, data.y_test))
+    return PlacementResult(tuple(seeds), {p: np.array(a) for p, a in results.items()})
+
+
+@dataclass(frozen=True)
+class UnitTrace:
+    """``percentiles[k]`` of one unit's pre-activation on a fixed batch after ``steps[k]``
+    optimizer steps; ``levels`` are the percentile levels (columns)."""
+
+    placement: str
+    unit: int
+    levels: tuple[float, ...]
+    steps: np.ndarray
+    percentiles: np.ndarray
+    layer_drift: float
+
+    def median_shift(self) -> float:
+        """How far the unit's median moved, first record to last, in initial 15-85 spreads."""
+        mid = self.levels.index(50.0)
+        spread = self.percentiles[0, -1] - self.percentiles[0, 0]
+        return float(abs(self.percentiles[-1, mid] - self.percentiles[0, mid]) / spread)
+
+
+def _layer_drift(first: np.ndarray, last: np.ndarray) -> float:
+    """Mean over units of |median(last) - median(first)| / (p85 - p15)(first)."""
+    q_first = np.percentile(first, [15.0, 50.0, 85.0], axis=0)
+    q_last = np.percentile(last, 50.0, axis=0)
+    return float(np.mean(np.abs(q_last - q_first[1]) / (q_first[2] - q_first[0])))
+
+
+def unit_input_over_training(
+    data: Any = None,
+    *,
+    placement: str = "before",
+    width: int = 64,
+    depth: int = 3,
+    unit: int = 0,
+    epochs: int = 10,
+    batch_size: int = 64,
+    lr: float = 1e-2,
+    every: int = 5,
+    probe_size: int = 500,
+    levels: tuple[float, ...] = (15.0, 50.0, 85.0),
+    seed: int = 0,
+    threads: int | None = 1,
+) -> UnitTrace:
+    r"""Percentiles of the input of the last hidden ReLU, one unit, over training on the digits.
+
+    This is what the next nonlinearity receives: $z = Wh + b$ without BN, $\mathrm{BN}(z)$
+    with BN before the ReLU (``placement="before"``). It is measured every ``every`` steps
+    on a fixed probe batch (the first ``probe_size`` test images, never trained on), in
+    training mode on a copy of the network, so the measurement leaves the running
+    statistics alone. ``layer_drift`` is the same median shift as
+    :meth:`UnitTrace.median_shift`, averaged over every unit of that layer.
+    """
+    import copy
+
+    from .training import minibatches, torch_threads
+
+    if placement not in ("before", "none"):
+        raise ValueError(f"placement must be 'before' or 'none'; got {placement!r}")
+    if not 0 <= unit < width:
+        raise ValueError(f"unit must be in [0, {width}); got {unit}")
+    if every < 1 or epochs < 1:
+        raise ValueError("every and epochs must be positive")
+    data = _digits(data)
+    model = make_mlp(data.x_train.shape[1], width, depth, int(data.y_train.max()) + 1,
+                     placement=placement, seed=seed, dtype=torch.float32)
+    probe = data.x_test[:probe_size]
+
+    def measure() -> np.ndarray:
+        snapshot = copy.deepcopy(model)
+        snapshot.train()
+        last = [m for m in snapshot if isinstance(m, nn.ReLU)][-1]
+        return _record(snapshot, probe, [last], lambda inputs, _out: _array(inputs[0]))[0]
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(seed)
+    steps, records = [0], [measure()]
+    first = records[0]
+    step = 0
+    with torch_threads(threads):
+        model.train()
+        for _ in range(epochs):
+            for xb, yb in minibatches(data.x_train, data.y_train, batch_size, generator):
+                optimizer.zero_grad(set_to_none=True)
+                loss_fn(model(xb), yb).backward()
+                optimizer.step()
+                step += 1
+                if step % every == 0:
+                    steps.append(step)
+                    records.append(measure())
+    pct = np.array([np.percentile(r[:, unit], levels) for r in records])
+    return UnitTrace(placement, unit, tuple(float(v) for v in levels), np.array(steps), pct,
+                     _layer_drift(first, records[-1]))

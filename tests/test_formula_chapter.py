@@ -12,12 +12,13 @@ from matplotlib.figure import Figure
 from bncourse import BatchNorm
 from bncourse.exercises import EXERCISES, NOT_ATTEMPTED, PASSED, check, formula
 from bncourse.functional import batch_norm_forward, reduction_axes
-from bncourse.networks import batch_dependence, output_std
-from bncourse.plotting import plt
+from bncourse.networks import UnitTrace, batch_dependence, output_std
+from bncourse.plotting import MAX_WIDTH, plt
 from bncourse.plotting.transform import (
     plot_batch_dependence,
+    plot_depth_scale,
     plot_eps_effect,
-    plot_layer_histograms,
+    plot_unit_input_over_training,
 )
 
 CHAPTER_IDS = [i for i, ex in EXERCISES.items() if ex.chapter == 1]
@@ -103,22 +104,70 @@ def _texts(fig: Figure) -> list[str]:
     return [ax.get_xlabel() for ax in fig.axes] + [ax.get_ylabel() for ax in fig.axes]
 
 
-def test_figures_have_titles_and_labelled_axes():
+def _trace(placement: str) -> UnitTrace:
+    steps = np.arange(0, 50, 5)
+    pct = np.sort(np.random.default_rng(1).normal(size=(steps.size, 3)), axis=1)
+    return UnitTrace(placement, 0, (15.0, 50.0, 85.0), steps, pct, 0.5)
+
+
+def test_figures_have_titles_labelled_axes_and_fit_the_page():
     rng = np.random.default_rng(0)
     layers = [rng.normal(0, s, (32, 4)) for s in (1.0, 3.0)]
     result = batch_dependence(batch_sizes=(4, 8), n_batches=50)
     sigma = np.geomspace(1e-3, 1.0, 5)
     figures = [
-        plot_layer_histograms(layers, layers),
+        plot_depth_scale(layers, layers),
+        plot_unit_input_over_training([_trace("none"), _trace("before")]),
         plot_batch_dependence(result.train, result.eval, result.example),
         plot_eps_effect(sigma, {1e-3: output_std(sigma, 1e-3)}),
     ]
     for fig in figures:
         assert isinstance(fig, Figure)
+        assert fig.get_figwidth() <= MAX_WIDTH
         title = fig._suptitle.get_text() if fig._suptitle else fig.axes[0].get_title()
         assert title, "figure without a title"
         assert all(ax.get_xlabel() for ax in fig.axes), _texts(fig)
         assert any(ax.get_ylabel() for ax in fig.axes), _texts(fig)
         plt.close(fig)
     with pytest.raises(ValueError):
-        plot_layer_histograms(layers, layers[:1])
+        plot_depth_scale(layers, layers[:1])
+    with pytest.raises(ValueError):
+        plot_unit_input_over_training([])
+
+
+def test_hand_computed_with_pytorch_default_eps_is_named():
+    bn = BatchNorm(1, eps=1e-5, dtype=torch.float64)
+    with torch.no_grad():
+        bn.weight.fill_(formula.HAND_GAMMA)
+        bn.bias.fill_(formula.HAND_BETA)
+        with_eps = float(bn(torch.tensor(formula.HAND_BATCH)[:, None])[-1, 0])
+    result = check("formula.hand_computed", with_eps)
+    assert result.mistake == "eps_included", (result.status, result.mistake)
+    assert "eps" in result.message
+
+
+def test_no_grad_answer_is_what_torch_does():
+    """In training mode under no_grad, torch's layer uses the batch's statistics and still
+    moves its running statistics: option (c), and not what the other options say."""
+    bn = torch.nn.BatchNorm1d(1, dtype=torch.float64)
+    batch = 10.0 + torch.randn(64, 1, dtype=torch.float64,
+                               generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = bn(batch)
+    assert abs(float(out.mean())) < 1e-9, "the output was not normalized with the batch mean"
+    moved = float(bn.running_mean[0])
+    assert math.isclose(moved, 0.1 * float(batch.mean()), rel_tol=1e-12)
+    assert formula.NO_GRAD.answer == "c"
+    assert check("formula.no_grad", "c").status == PASSED
+
+
+def test_histogram_edge_answer_is_the_bound_seen_in_the_batch_dependence_run():
+    result = batch_dependence(batch_sizes=(4,), n_batches=2000, seed=0)
+    largest = float(np.abs(result.train[4]).max())
+    assert largest <= math.sqrt(3) and largest > 0.95 * math.sqrt(3), largest
+    assert "sqrt(m - 1)" in formula.HISTOGRAM_EDGE.options[formula.HISTOGRAM_EDGE.answer]
+
+
+@pytest.mark.parametrize("exercise_id", CHAPTER_IDS)
+def test_every_exercise_has_progressive_hints(exercise_id):
+    assert len(EXERCISES[exercise_id].all_hints) >= 2

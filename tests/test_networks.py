@@ -10,16 +10,21 @@ from hypothesis import strategies as st
 from torch import nn
 
 from bncourse import BatchNorm
+from bncourse.functional import batch_norm_forward
 from bncourse.networks import (
     PLACEMENTS,
+    PlacementResult,
     batch_dependence,
     bn_activations,
     compare_with_torch,
     make_mlp,
     output_std,
     per_channel_moments,
+    placement_experiment,
     preactivations,
+    unit_input_over_training,
 )
+from bncourse.training import load_digits_data
 
 
 def _layer_types(model: nn.Sequential) -> list[str]:
@@ -95,6 +100,7 @@ def test_batch_dependence_rejects_a_batch_of_one():
         batch_dependence(batch_sizes=(1, 4))
 
 
+@pytest.mark.verifies("eq-formula-eps-std")
 @settings(max_examples=20, deadline=None)
 @given(eps=st.sampled_from([1e-5, 1e-3, 1e-1]), seed=st.integers(0, 100))
 def test_output_std_equals_sample_std_over_sqrt_of_var_plus_eps(eps, seed):
@@ -107,6 +113,7 @@ def test_output_std_equals_sample_std_over_sqrt_of_var_plus_eps(eps, seed):
     assert np.max(np.abs(got - want)) < 1e-9, f"largest gap {np.max(np.abs(got - want)):.2e}"
 
 
+@pytest.mark.verifies("eq-formula-eval")
 @pytest.mark.parametrize("shape", [(16, 3), (8, 2, 5), (4, 3, 5, 5), (2, 2, 3, 3, 3)])
 def test_bncourse_agrees_with_torch_batchnorm_in_float64(shape):
     gaps = compare_with_torch(shape, seed=1)
@@ -119,3 +126,82 @@ def test_compare_with_torch_uses_bncourse_layer():
     assert BatchNorm.__module__ == "bncourse.layer"
     with pytest.raises(ValueError, match="2 to 5"):
         compare_with_torch((3,))
+
+
+@pytest.mark.verifies("prop-formula-bound")
+@settings(max_examples=200, deadline=None)
+@given(m=st.integers(2, 40), seed=st.integers(0, 10_000), scale=st.sampled_from([1e-3, 1.0, 1e3]),
+       eps=st.sampled_from([0.0, 1e-5]))
+def test_normalized_values_never_exceed_sqrt_m_minus_one(m, seed, scale, eps):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_t(df=2, size=(m, 3)) * scale  # heavy tails: outliers are common
+    x_hat = batch_norm_forward(x, np.ones(3), np.zeros(3), eps)[0]
+    bound = np.sqrt(m - 1)
+    assert np.abs(x_hat).max() <= bound * (1 + 1e-12), (
+        f"m = {m}: |x_hat| reached {np.abs(x_hat).max():.6f} > sqrt(m - 1) = {bound:.6f}")
+
+
+@pytest.mark.verifies("prop-formula-bound")
+@pytest.mark.parametrize("m", [2, 3, 4, 16])
+def test_the_bound_is_reached_when_the_other_values_are_equal(m):
+    x = np.full((m, 1), -2.0)
+    x[0, 0] = 5.0
+    x_hat = batch_norm_forward(x, np.ones(1), np.zeros(1), 0.0)[0]
+    assert abs(x_hat[0, 0] - np.sqrt(m - 1)) < 1e-12, f"{x_hat[0, 0]} against {np.sqrt(m - 1)}"
+    with_eps = batch_norm_forward(x, np.ones(1), np.zeros(1), 1e-5)[0]
+    assert with_eps[0, 0] < np.sqrt(m - 1), "with eps > 0 the bound is strict"
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits_data()
+
+
+def test_placement_experiment_pairs_seeds_and_reports_standard_errors(digits):
+    result = placement_experiment(digits, placements=("before", "after"), seeds=(0, 1),
+                                  epochs=1, width=16)
+    assert result.seeds == (0, 1)
+    for placement in ("before", "after"):
+        acc = result.accuracy[placement]
+        assert acc.shape == (2,) and np.all((acc >= 0) & (acc <= 100))
+        assert result.stderr(placement) == pytest.approx(np.std(acc, ddof=1) / np.sqrt(2))
+    mean, se = result.difference("before", "after")
+    d = result.accuracy["before"] - result.accuracy["after"]
+    assert mean == pytest.approx(d.mean()) and se == pytest.approx(np.std(d, ddof=1) / np.sqrt(2))
+    again = placement_experiment(digits, placements=("before",), seeds=(0, 1), epochs=1, width=16)
+    np.testing.assert_array_equal(again.accuracy["before"], result.accuracy["before"])
+
+
+def test_placement_experiment_learns_and_rejects_bad_input(digits):
+    result = placement_experiment(digits, placements=("before",), seeds=(0, 1), epochs=3)
+    assert result.mean("before") > 80.0, f"accuracy {result.mean('before'):.1f}% after 3 epochs"
+    with pytest.raises(ValueError, match="placement"):
+        placement_experiment(digits, placements=("middle",))
+    with pytest.raises(ValueError, match="two seeds"):
+        placement_experiment(digits, seeds=(0,))
+    with pytest.raises(ValueError, match="two values"):
+        PlacementResult((0,), {"before": np.array([90.0])}).stderr("before")
+
+
+def test_unit_trace_records_percentiles_of_the_last_relu_input(digits):
+    trace = unit_input_over_training(digits, placement="before", epochs=1, every=4, unit=3)
+    steps_per_epoch = len(list(range(0, digits.x_train.shape[0], 64)))
+    assert trace.steps[0] == 0 and np.all(np.diff(trace.steps) == 4)
+    assert trace.steps[-1] <= steps_per_epoch
+    assert trace.percentiles.shape == (trace.steps.size, 3)
+    assert np.all(np.diff(trace.percentiles, axis=1) >= 0), "percentiles out of order"
+    # At step 0 the BN output of a fresh layer (gamma 1, beta 0) is standardized on the probe.
+    model = make_mlp(64, 64, 3, 10, placement="before", seed=0, dtype=torch.float32)
+    records = bn_activations(model.train(), digits.x_test[:500])
+    want = np.percentile(records[-1][1][:, 3], [15, 50, 85])
+    np.testing.assert_allclose(trace.percentiles[0], want, rtol=1e-5, atol=1e-6)
+
+
+def test_without_bn_a_unit_input_drifts_far_more_than_with_bn(digits):
+    plain = unit_input_over_training(digits, placement="none", epochs=2)
+    with_bn = unit_input_over_training(digits, placement="before", epochs=2)
+    assert plain.layer_drift > 5 * with_bn.layer_drift, (plain.layer_drift, with_bn.layer_drift)
+    with pytest.raises(ValueError, match="placement"):
+        unit_input_over_training(digits, placement="after")
+    with pytest.raises(ValueError, match="unit"):
+        unit_input_over_training(digits, unit=64)

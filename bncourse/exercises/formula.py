@@ -43,8 +43,14 @@ FORWARD = FunctionExercise(
     signature="forward(x, gamma, beta, eps) -> y",
     reference=_reference_forward,
     cases=forward_cases,
-    hint="Per channel: the mean and the biased variance over every axis except axis 1, "
-    "then (x - mean) / sqrt(var + eps), then gamma * x_hat + beta.",
+    hints=(
+        "Work per channel: which axes of an (N, C, H, W) array hold values of one channel? "
+        "Write the rule so that it works for any number of spatial axes.",
+        "Take the mean and the variance over those axes with keepdims=True, so that they "
+        "broadcast against x; which of the two variances does the transform use?",
+        "gamma and beta have shape (C,): reshape them to (1, C, 1, ...) before scaling and "
+        "shifting, and mind where eps goes in the square root.",
+    ),
     mistakes=(
         Mistake(
             "unbiased_variance",
@@ -113,11 +119,12 @@ HAND_BETA = 0.5
 
 
 def _hand_output(*, ddof: int = 0, affine: bool = True, swap: bool = False,
-                 divide_by_var: bool = False, normalize: bool = True) -> float:
+                 divide_by_var: bool = False, normalize: bool = True,
+                 eps: float = 0.0) -> float:
     """Output for the last example of :data:`HAND_BATCH`, with one thing changed."""
     x = HAND_BATCH
     centred = x[-1] - x.mean()
-    var = x.var(ddof=ddof)
+    var = x.var(ddof=ddof) + eps
     if not normalize:
         x_hat = centred
     elif divide_by_var:
@@ -135,8 +142,14 @@ HAND_COMPUTED = NumberExercise(
     title="Normalize a tiny batch by hand",
     value=float(batch_norm_forward(HAND_BATCH[:, None], np.array([HAND_GAMMA]),
                                    np.array([HAND_BETA]), 0.0)[0][-1, 0]),
-    hint="Mean first, then the mean of the squared deviations (divide by the batch size), "
-    "its square root, then scale by gamma and shift by beta.",
+    hints=(
+        "Three numbers first: the batch mean, the batch variance, the batch standard "
+        "deviation. The statement sets eps = 0.",
+        "The variance is the mean of the squared deviations: divide their sum by the batch "
+        "size m, not by m - 1.",
+        "Normalize the last value with the mean and the standard deviation, then apply "
+        "gamma and beta in the order of the transform.",
+    ),
     mistakes=(
         Mistake(
             "unbiased_variance",
@@ -167,6 +180,12 @@ HAND_COMPUTED = NumberExercise(
             "(x - mean) / sqrt(var + eps).",
             _hand_output(normalize=False),
         ),
+        Mistake(
+            "eps_included",
+            "you added eps = 1e-5 to the variance, as PyTorch's default does; this exercise "
+            "sets eps = 0 to keep the arithmetic exact. The rest of your computation is right.",
+            _hand_output(eps=1e-5),
+        ),
     ),
 )
 
@@ -187,7 +206,12 @@ CONV_AXES = ChoiceExercise(
         "e": "(0, 1, 2, 3): over everything, one mean for the whole tensor",
     },
     answer="b",
-    hint="BN keeps one gamma, one beta and one pair of statistics per channel.",
+    hints=(
+        "A convolution applies the same filter at every position: a channel is one feature "
+        "detector, seen at H * W places.",
+        "BN keeps one gamma and one beta per channel. For one pair of statistics per channel "
+        "to exist, which axes must the mean run over, and which must it never mix?",
+    ),
     mistakes=(
         Mistake(
             "per_position",
@@ -251,8 +275,12 @@ EVAL_OUTPUT = NumberExercise(
     title="What does a BN layer output in eval mode?",
     value=_eval_reference(),
     rtol=1e-4,
-    hint="In eval mode the batch plays no part: use the running mean and the square root of "
-    "the running variance.",
+    hints=(
+        "In eval mode, which statistics replace the batch's? Does the rest of the batch "
+        "matter then?",
+        "The running variance is a variance: the transform divides by the square root of "
+        "running_var + eps, then applies gamma and beta.",
+    ),
     mistakes=(
         Mistake(
             "batch_statistics",
@@ -323,8 +351,14 @@ IDENTITY = FunctionExercise(
     cases=identity_cases,
     n_outputs=2,
     output_names=("gamma", "beta"),
-    hint="gamma * x_hat + beta = x must hold for every x in the batch; write x_hat out and "
-    "compare the coefficients.",
+    hints=(
+        "gamma * x_hat + beta = x must hold for every x of the batch: write x_hat out in "
+        "terms of x, the batch mean and the batch variance.",
+        "Both sides are affine functions of x: compare the coefficients of x and the "
+        "constant terms. Which variance, and where is eps?",
+        "For a convolutional input the statistics, hence gamma and beta, are per channel, "
+        "over every axis but axis 1.",
+    ),
     mistakes=(
         Mistake(
             "unbiased_variance",
@@ -366,4 +400,114 @@ IDENTITY = FunctionExercise(
     ),
 )
 
-EXERCISES += [HAND_COMPUTED, CONV_AXES, EVAL_OUTPUT, IDENTITY]
+
+
+# --------------------------------------------------------------------------------------
+# Reasoning: torch.no_grad() and training mode
+# --------------------------------------------------------------------------------------
+
+NO_GRAD = ChoiceExercise(
+    id="formula.no_grad",
+    chapter=1,
+    title="A layer in training mode inside torch.no_grad()",
+    options={
+        "a": "It normalizes with its running statistics and leaves them unchanged: no_grad "
+        "is inference",
+        "b": "It normalizes with the batch's statistics and leaves the running statistics "
+        "unchanged: without gradients nothing is updated",
+        "c": "It normalizes with the batch's statistics and moves the running statistics "
+        "toward the batch's",
+        "d": "It normalizes with its running statistics and moves them toward the batch's",
+    },
+    answer="c",
+    hints=(
+        "Two switches are at play: the module's mode (train() or eval()) and autograd's "
+        "recording (torch.no_grad()). Which one decides which statistics are used?",
+        "The running statistics are buffers, not parameters: no optimizer step and no "
+        "gradient is involved in updating them. When are they updated?",
+    ),
+    mistakes=(
+        Mistake(
+            "no_grad_is_eval",
+            "torch.no_grad() only stops autograd from recording the computation; it does not "
+            "change the module's mode. Only .eval() makes BN use its running statistics, and "
+            "a layer in eval mode does not update them.",
+            "a",
+        ),
+        Mistake(
+            "running_stats_need_gradients",
+            "the running statistics are buffers, not parameters: the optimizer never touches "
+            "them. A forward pass in training mode updates them, with or without gradients.",
+            "b",
+        ),
+        Mistake(
+            "running_stats_used_in_training",
+            "in training mode BN normalizes with the statistics of the current batch; the "
+            "running statistics are only recorded then, and used in eval mode. no_grad does "
+            "not switch between the two.",
+            "d",
+        ),
+    ),
+)
+
+
+# --------------------------------------------------------------------------------------
+# Reasoning: the sharp edge of a histogram
+# --------------------------------------------------------------------------------------
+
+HISTOGRAM_EDGE = ChoiceExercise(
+    id="formula.histogram_edge",
+    chapter=1,
+    title="Why does the histogram for batches of 4 stop so sharply?",
+    options={
+        "a": "Chance: 2000 batches are too few to reach the rare large values of a normal "
+        "tail; with many more batches the histogram would extend further",
+        "b": "eps caps the output: with eps = 1e-5 in the square root, x_hat cannot grow "
+        "beyond a fixed value",
+        "c": "In any batch of m values, |x_hat| <= sqrt(m - 1): the deviations from the batch "
+        "mean sum to zero, so one value cannot be far from the mean in units of the batch's "
+        "standard deviation",
+        "d": "The batch-mates are drawn from N(0, 1), whose values rarely exceed 1.73, so the "
+        "example's output cannot either",
+        "e": "BN divides by the unbiased standard deviation, which shrinks every x_hat by "
+        "sqrt((m - 1) / m)",
+    },
+    answer="c",
+    hints=(
+        "The edge is sharp, and it is at the same place however many batches are drawn: "
+        "look for a bound that holds for every batch of 4, not for a typical one.",
+        "Try an extreme batch: the example far from three batch-mates that sit close "
+        "together. What is its x_hat as it moves further away?",
+    ),
+    mistakes=(
+        Mistake(
+            "sampling",
+            "a tail thins out gradually; this edge is a cliff, and drawing more batches does "
+            "not move it. Try the batch (1, 0, 0, 0): whatever the scale of the outlier, its "
+            "x_hat stays the same.",
+            "a",
+        ),
+        Mistake(
+            "eps_caps",
+            "eps matters only when the batch's spread is comparable with sqrt(eps), about "
+            "0.003 here; these batches have spreads near 1, and an eps cap would be near "
+            "|x - mean| / sqrt(eps), hundreds, not 1.73.",
+            "b",
+        ),
+        Mistake(
+            "batch_mates_bounded",
+            "a normal distribution has no edge: a batch-mate lies beyond +-1.73 in about 8% of "
+            "draws. The bound comes from the normalization itself and holds whatever the "
+            "batch-mates' distribution.",
+            "d",
+        ),
+        Mistake(
+            "unbiased_variance",
+            "in training mode BN divides by the biased standard deviation (divide by m), and a "
+            "constant factor would rescale the histogram, not cut it off.",
+            "e",
+        ),
+    ),
+)
+
+EXERCISES += [HAND_COMPUTED, CONV_AXES, EVAL_OUTPUT, IDENTITY, NO_GRAD, HISTOGRAM_EDGE]

@@ -9,45 +9,73 @@ from matplotlib.figure import Figure
 
 from . import COLORS, new_figure
 
-__all__ = ["plot_layer_histograms", "plot_batch_dependence", "plot_eps_effect"]
+__all__ = [
+    "plot_depth_scale",
+    "plot_unit_input_over_training",
+    "plot_batch_dependence",
+    "plot_eps_effect",
+]
 
 
-def plot_layer_histograms(
+def plot_depth_scale(
     without_bn: Sequence[np.ndarray], with_bn: Sequence[np.ndarray]
 ) -> Figure:
-    """Histograms, layer by layer, of the pre-activations of a plain network (top row)
-    and of the BN outputs of the same network with BN (bottom row)."""
+    """Standard deviation of the pre-activations $z = Wh + b$, layer by layer (log scale),
+    in a plain network and in the same network with BN before each ReLU."""
     n = len(without_bn)
     if n == 0 or len(with_bn) != n:
         raise ValueError("give the same positive number of layers for both networks")
-    fig, axes = new_figure(ncols=n, nrows=2, width=min(2.5 * n + 0.6, 10.0), height=5.2)
-    axes = np.asarray(axes).reshape(2, n)
+    fig, ax = new_figure(width=7.0, height=3.6)
+    layers = np.arange(1, n + 1)
     rows = (
-        (without_bn, "without_bn", "without BN: $z$"),
-        (with_bn, "with_bn", r"with BN: $\mathrm{BN}(z)$"),
+        (without_bn, "without_bn", "o", "without BN"),
+        (with_bn, "with_bn", "s", "with BN before each ReLU (the input of BN)"),
     )
-    for r, (arrays, colour, name) in enumerate(rows):
-        for layer, values in enumerate(arrays):
-            ax = axes[r, layer]
-            v = np.asarray(values).ravel()
-            ax.hist(v, bins=60, density=True, color=COLORS[colour], alpha=0.85)
-            mean = round(float(v.mean()), 2) + 0.0  # + 0.0 turns -0.0 into 0.0
-            ax.set_title(f"layer {layer + 1}, {name}\nmean {mean:.2f}, std {v.std():.3g}",
-                         fontsize=9)
-            ax.set_xlabel("activation value")
-            if layer == 0:
-                ax.set_ylabel("density")
-    fig.suptitle("Without BN the scale of the pre-activations drifts with depth; "
-                 "after BN every layer has mean 0 and std 1")
+    for arrays, colour, marker, label in rows:
+        stds = [float(np.std(np.asarray(v))) for v in arrays]
+        ax.plot(layers, stds, marker=marker, color=COLORS[colour], linewidth=1.8, label=label)
+    ax.set_yscale("log")
+    ax.set_xticks(layers)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("standard deviation of $z$ (log scale)")
+    ax.set_title("At initialization the scale of the pre-activations compounds with depth\n"
+                 "without BN; with BN each layer starts again from a standardized input")
+    ax.legend(loc="upper left")
+    return fig
+
+
+def plot_unit_input_over_training(traces: Sequence) -> Figure:
+    """Percentiles of one unit's pre-activation over the training steps, one panel per
+    trace (a :class:`bncourse.networks.UnitTrace`), on a shared vertical axis."""
+    if not traces:
+        raise ValueError("give at least one trace")
+    fig, axes = new_figure(ncols=len(traces), width=7.0, height=3.4, sharey=True)
+    axes = np.atleast_1d(axes)
+    styles = (":", "-", "--", "-.")
+    names = {"none": "without BN: $z$", "before": r"with BN: $\mathrm{BN}(z)$"}
+    for ax, trace in zip(axes, traces, strict=True):
+        colour = COLORS["with_bn" if trace.placement == "before" else "without_bn"]
+        for k, level in enumerate(trace.levels):
+            ax.plot(trace.steps, trace.percentiles[:, k], color=colour,
+                    linestyle=styles[k % len(styles)], linewidth=1.8,
+                    label=f"{level:g}th percentile")
+        ax.set_title(names.get(trace.placement, trace.placement))
+        ax.set_xlabel("training step")
+    axes[0].set_ylabel(f"input of the last ReLU, unit {traces[0].unit}")
+    axes[0].legend(loc="upper left")
+    fig.suptitle("Internal covariate shift: without BN the distribution one unit receives "
+                 "moves\nduring training; with BN it stays in place")
     return fig
 
 
 def plot_batch_dependence(
-    train: Mapping[int, np.ndarray], eval_output: float, example: float
+    train: Mapping[int, np.ndarray], eval_output: float, example: float,
+    bound_m: int | None = None,
 ) -> Figure:
-    """Histogram of one example's training-mode output over many batches, per batch size,
-    against its single eval-mode output."""
-    fig, ax = new_figure(width=7.0, height=3.8)
+    r"""Histogram of one example's training-mode output over many batches, per batch size,
+    against its single eval-mode output; with ``bound_m``, the bound $\sqrt{m - 1}$ on
+    $|\hat{x}|$ for batches of that size as a dotted line."""
+    fig, ax = new_figure(width=7.0, height=4.6)
     styles = ("-", "--", ":", "-.")
     for k, (b, outputs) in enumerate(sorted(train.items())):
         ax.hist(
@@ -57,11 +85,16 @@ def plot_batch_dependence(
         )
     ax.axvline(eval_output, color=COLORS["eval"], linewidth=2.0,
                label=f"eval mode, any batch ({eval_output:.2f})")
+    if bound_m is not None:
+        bound = float(np.sqrt(bound_m - 1))
+        ax.axvline(bound, color=COLORS["theory"], linestyle=":", linewidth=1.6,
+                   label=rf"$\sqrt{{m-1}}$ = {bound:.2f}, the largest $\hat{{x}}$ "
+                         rf"for $m$ = {bound_m}")
     ax.set_xlabel(rf"BN output of the example $x = {example:g}$")
     ax.set_ylabel("density over batches")
     ax.set_title("In training mode one example's output depends on its batch-mates;\n"
                  "the spread shrinks as the batch grows, and eval mode removes it")
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     return fig
 
 
@@ -70,7 +103,7 @@ def plot_eps_effect(
 ) -> Figure:
     r"""Measured std of $\hat{x}$ against the channel's std, one curve per eps, with the
     prediction $\sigma/\sqrt{\sigma^2 + \epsilon}$."""
-    fig, ax = new_figure(width=7.0, height=3.8)
+    fig, ax = new_figure(width=7.0, height=4.8)
     input_std = np.asarray(input_std)
     grid = np.geomspace(input_std.min(), input_std.max(), 200)
     markers = ("o", "s", "^", "D")
@@ -87,5 +120,5 @@ def plot_eps_effect(
     ax.set_ylim(-0.03, 1.08)
     ax.set_title(r"eps shrinks channels whose spread is below $\sqrt{\epsilon}$;"
                  "\nchannels well above it come out with std 1")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
     return fig
