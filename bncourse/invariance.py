@@ -4,10 +4,11 @@ r"""Scale invariance of batch normalization, its gradients, and Jacobians of BN'
   (:func:`projection_bn`, :func:`scale_deviation`, :func:`scale_deviation_theory`).
 * $\nabla_x$ is unchanged by the scale of $w$ and $\nabla_{a w} L = \nabla_w L / a$
   (:func:`projection_gradients`).
-* Plain SGD grows $\|w\|$; weight decay sets an equilibrium (:func:`train_scale_invariant`).
+* Plain SGD grows $\|w\|$; weight decay sets an equilibrium (:func:`train_scale_invariant`,
+  :func:`equilibrium_angular_update`); with Adam the step angle scales as $\eta/\|w\|$.
 * $J J^T$ of one BN'd layer under whitened inputs (:func:`whiten`, :func:`bn_layer_jacobian`),
-  and gradients and input-output Jacobians of deep MLPs with and without BN at
-  initialization (:func:`gradient_norms_by_depth`, :func:`input_output_jacobian`).
+  and gradients and input-output Jacobians of deep MLPs with and without BN, plain or
+  residual, at initialization (:func:`gradient_norms_by_depth`, :func:`input_output_jacobian`).
 
 Every function is seeded and works in float64. Nothing here shows progress.
 """
@@ -29,12 +30,14 @@ __all__ = [
     "scale_deviation",
     "scale_deviation_theory",
     "projection_gradients",
+    "OPTIMIZERS",
     "TrainingRecord",
     "train_scale_invariant",
     "equilibrium_angular_update",
     "whiten",
     "bn_layer_jacobian",
     "deep_mlp_weights",
+    "ARCHITECTURES",
     "deep_mlp_forward",
     "gradient_norms_by_depth",
     "input_output_jacobian",
@@ -104,21 +107,20 @@ def projection_gradients(
 
 @dataclass(frozen=True)
 class TrainingRecord:
-    r"""What :func:`train_scale_invariant` records at every step ``t`` of SGD.
+    r"""What :func:`train_scale_invariant` records at every step ``t``.
 
     ``row_norms[t, k]`` is $\|w_k\|$ of row $k$ of the BN'd weight before step ``t`` (one
-    more entry than steps); ``effective_lr[t]`` is the mean over rows of
-    $\eta / \|w_k\|^2$; ``angular_update[t]`` the mean angle (radians) between $w_k$
-    before and after step ``t``; ``loss[t]`` the minibatch loss; ``grad_sq[t]``
-    $\|G_t\|_F^2$ of the loss gradient (weight decay excluded); ``cosine[t]`` the
-    largest $|\cos(w_k, g_k)|$ over rows.
+    more entry than steps); ``row_angles[t, k]`` the angle (radians) between $w_k$ before
+    and after step ``t``; ``loss[t]`` the minibatch loss; ``grad_sq[t]`` $\|G_t\|_F^2$ of
+    the loss gradient (weight decay excluded); ``cosine[t]`` the largest
+    $|\cos(w_k, g_k)|$ over rows.
     """
 
     lr: float
     weight_decay: float
+    optimizer: str
     row_norms: np.ndarray
-    effective_lr: np.ndarray
-    angular_update: np.ndarray
+    row_angles: np.ndarray
     loss: np.ndarray
     grad_sq: np.ndarray
     cosine: np.ndarray
@@ -128,6 +130,20 @@ class TrainingRecord:
         r"""$\|W\|_F$ before every step."""
         return np.sqrt(np.sum(self.row_norms**2, axis=1))
 
+    @property
+    def angular_update(self) -> np.ndarray:
+        r"""The angle each row turns through at a step, averaged over the rows."""
+        return self.row_angles.mean(axis=1)
+
+    @property
+    def effective_lr(self) -> np.ndarray:
+        r"""The mean over rows of $\eta/\|w_k\|^2$: the effective learning rate of plain SGD.
+
+        It is the SGD quantity whatever ``optimizer`` was: with Adam the step angle scales
+        as $\eta/\|w_k\|$ instead.
+        """
+        return np.mean(self.lr / self.row_norms**2, axis=1)
+
 
 def _teacher_data(n: int, d: int, classes: int, seed: int) -> tuple[Tensor, Tensor]:
     g = torch.Generator().manual_seed(seed)
@@ -135,6 +151,9 @@ def _teacher_data(n: int, d: int, classes: int, seed: int) -> tuple[Tensor, Tens
     teacher = torch.randn(d, classes, generator=g, dtype=torch.float64)
     y = torch.argmax(torch.tanh(x @ teacher) + 0.5 * (x**2) @ teacher / d, dim=1)
     return x, y
+
+
+OPTIMIZERS = ("sgd", "adam")
 
 
 def train_scale_invariant(
@@ -147,13 +166,37 @@ def train_scale_invariant(
     hidden: int = 32,
     batch_size: int = 32,
     seed: int = 0,
+    optimizer: str = "sgd",
+    adam_betas: tuple[float, float] = (0.9, 0.999),
+    adam_eps: float = 1e-8,
 ) -> TrainingRecord:
-    r"""SGD on $x \mapsto V\,\mathrm{ReLU}(\mathrm{BN}(W x))$ with cross-entropy; $W$ gets ``lr``
-    and ``weight_decay``, BN's $\gamma, \beta$ and $V$ get ``lr_other`` and no decay.
+    r"""Train $x \mapsto V\,\mathrm{ReLU}(\mathrm{BN}(W x))$ with cross-entropy and record $W$.
 
+    $W$ is updated by ``optimizer`` with learning rate ``lr``:
+
+    * ``"sgd"``: $W \leftarrow (1 - \eta\lambda) W - \eta G$ (``weight_decay`` $= \lambda$);
+    * ``"adam"``: Adam with ``adam_betas`` and ``adam_eps``, no weight decay. Adam divides
+      each gradient entry by its running root mean square, so a gradient $1/a$ times
+      smaller gives the same step, and the angle a row turns through scales as
+      $\eta/\|w_k\|$ (for SGD: as $\eta/\|w_k\|^2$).
+
+    BN's $\gamma, \beta$ and $V$ are updated by plain SGD with ``lr_other`` and no decay.
     The data (512 points in 16 dimensions, 4 classes from a fixed random teacher), the
     initialization (``W`` scaled by ``init_scale``) and the minibatch order come from ``seed``.
     """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}; got {optimizer!r}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer; got {steps!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive; got {lr!r}")
+    if not 0 <= lr * weight_decay < 1:
+        raise ValueError(
+            f"lr * weight_decay must be in [0, 1) (the decay factor 1 - lr * weight_decay must "
+            f"stay positive); got lr = {lr!r}, weight_decay = {weight_decay!r}"
+        )
+    if optimizer == "adam" and weight_decay != 0:
+        raise ValueError("weight decay is modelled for SGD only; use weight_decay=0 with Adam")
     x, y = _teacher_data(512, 16, 4, seed)
     g = torch.Generator().manual_seed(seed + 1)
     w = (init_scale * torch.randn(hidden, 16, generator=g, dtype=torch.float64) / 4.0)
@@ -162,6 +205,9 @@ def train_scale_invariant(
     v = (torch.randn(4, hidden, generator=g, dtype=torch.float64) / hidden**0.5).requires_grad_()
     others = [*bn.parameters(), v]
     order = torch.randint(0, x.shape[0], (steps, batch_size), generator=g)
+    beta1, beta2 = adam_betas
+    first = torch.zeros_like(w)
+    second = torch.zeros_like(w)
 
     row_norms = [w.detach().norm(dim=1).numpy().copy()]
     losses, grad_sq, angles, cosines = [], [], [], []
@@ -173,23 +219,29 @@ def train_scale_invariant(
             gw = grads[0]
             before = w.detach().clone()
             cos = (before * gw).sum(1).abs() / (before.norm(dim=1) * gw.norm(dim=1) + 1e-300)
-            w.mul_(1.0 - lr * weight_decay).sub_(lr * gw)
+            if optimizer == "sgd":
+                w.mul_(1.0 - lr * weight_decay).sub_(lr * gw)
+            else:
+                first.mul_(beta1).add_((1 - beta1) * gw)
+                second.mul_(beta2).add_((1 - beta2) * gw * gw)
+                m_hat = first / (1 - beta1 ** (t + 1))
+                v_hat = second / (1 - beta2 ** (t + 1))
+                w.sub_(lr * m_hat / (v_hat.sqrt() + adam_eps))
             for p, gp in zip(others, grads[1:], strict=True):
                 p.sub_(lr_other * gp)
             after = w.detach()
             c = (before * after).sum(1) / (before.norm(dim=1) * after.norm(dim=1))
-            angles.append(float(torch.arccos(c.clamp(-1.0, 1.0)).mean()))
+            angles.append(torch.arccos(c.clamp(-1.0, 1.0)).numpy().copy())
         losses.append(float(loss.detach()))
         grad_sq.append(float((gw**2).sum()))
         cosines.append(float(cos.max()))
         row_norms.append(w.detach().norm(dim=1).numpy().copy())
-    norms = np.array(row_norms)
     return TrainingRecord(
         lr=lr,
         weight_decay=weight_decay,
-        row_norms=norms,
-        effective_lr=np.mean(lr / norms**2, axis=1),
-        angular_update=np.array(angles),
+        optimizer=optimizer,
+        row_norms=np.array(row_norms),
+        row_angles=np.array(angles),
         loss=np.array(losses),
         grad_sq=np.array(grad_sq),
         cosine=np.array(cosines),
@@ -197,13 +249,23 @@ def train_scale_invariant(
 
 
 def equilibrium_angular_update(lr: float, weight_decay: float) -> float:
-    r"""$\sqrt{2\eta\lambda - (\eta\lambda)^2}$: the step angle (tangent) at a steady norm.
+    r"""$\theta^\star = \arccos(1 - \eta\lambda)$: the angle per SGD step at a steady norm.
 
-    With weight decay, $\|w'\|^2 = (1-\eta\lambda)^2\|w\|^2 + \eta^2\|g\|^2$ equals
-    $\|w\|^2$ exactly when $\eta\|g\|/\|w\|$ takes this value.
+    A step of SGD with weight decay is $w' = (1 - \eta\lambda) w - \eta g$ with $g \perp w$,
+    so $\cos\theta = (1-\eta\lambda)\|w\|/\|w'\|$ and $\sin\theta = \eta\|g\|/\|w'\|$ (and
+    $\tan\theta = \eta\|g\|/((1-\eta\lambda)\|w\|)$). The norm is unchanged,
+    $\|w'\| = \|w\|$, exactly when $\eta\|g\|/\|w\| = \sqrt{2\eta\lambda - (\eta\lambda)^2}$;
+    then $\sin\theta = \sqrt{2\eta\lambda - (\eta\lambda)^2}$ and $\cos\theta = 1 - \eta\lambda$.
+    Returns $\theta^\star$ in radians, about $\sqrt{2\eta\lambda}$ for small $\eta\lambda$.
+    Needs $0 \le \eta\lambda < 1$.
     """
     p = lr * weight_decay
-    return float(np.sqrt(2.0 * p - p * p))
+    if not 0 <= p < 1:
+        raise ValueError(
+            f"lr * weight_decay must be in [0, 1) for the decay factor 1 - lr * weight_decay to "
+            f"stay positive; got {p!r}"
+        )
+    return float(np.arccos(1.0 - p))
 
 
 # --------------------------------------------------------------------------------------
@@ -248,22 +310,41 @@ def deep_mlp_weights(depth: int, width: int, seed: int = 0) -> list[Tensor]:
     ]
 
 
+ARCHITECTURES = ("plain", "residual")
+
+
 def deep_mlp_forward(
-    x: Tensor, weights: list[Tensor], use_bn: bool, eps: float = 1e-5
+    x: Tensor, weights: list[Tensor], use_bn: bool, eps: float = 1e-5,
+    architecture: str = "plain",
 ) -> list[Tensor]:
-    r"""$h_0 = x$, $h_l = \mathrm{ReLU}(\mathrm{BN}(h_{l-1} W_l^T))$, $h_L$ without the ReLU.
+    r"""The activations $h_0 = x, h_1, \dots, h_L$ of a deep MLP, as a list.
+
+    * ``"plain"``: $h_l = \mathrm{ReLU}(\mathrm{BN}(h_{l-1} W_l^T))$, and $h_L$ without the
+      ReLU; no skip connections.
+    * ``"residual"``: $h_l = h_{l-1} + \mathrm{ReLU}(\mathrm{BN}(h_{l-1}))\, W_l^T$, the
+      pre-activation residual block, with BN at the start of each residual branch.
 
     BN (training mode, $\gamma = 1$, $\beta = 0$) is left out when ``use_bn`` is False.
     """
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {ARCHITECTURES}; got {architecture!r}")
+    if not weights:
+        raise ValueError("weights is empty: a network needs at least one layer")
     hs = [x]
     width = weights[0].shape[0]
     ones = torch.ones(width, dtype=x.dtype)
     zeros = torch.zeros(width, dtype=x.dtype)
+
+    def norm(z: Tensor) -> Tensor:
+        return staged_batch_norm(z, ones, zeros, eps) if use_bn else z
+
     for layer, w in enumerate(weights, start=1):
-        z = hs[-1] @ w.T
-        if use_bn:
-            z = staged_batch_norm(z, ones, zeros, eps)
-        hs.append(torch.relu(z) if layer < len(weights) else z)
+        h = hs[-1]
+        if architecture == "residual":
+            hs.append(h + torch.relu(norm(h)) @ w.T)
+        else:
+            z = norm(h @ w.T)
+            hs.append(torch.relu(z) if layer < len(weights) else z)
     return hs
 
 
@@ -278,25 +359,30 @@ def _input_batch(width: int, batch: int, seed: int) -> Tensor:
 
 
 def gradient_norms_by_depth(
-    depth: int, width: int, batch: int, use_bn: bool, seed: int = 0
+    depth: int, width: int, batch: int, use_bn: bool, seed: int = 0,
+    architecture: str = "plain",
 ) -> np.ndarray:
     r"""$\|\partial L/\partial h_l\|_F$ for $l = 0, \dots, L$, where $L = \sum c \odot h_L$.
 
     $c$ is a fixed random readout; the weights, input batch and $c$ come from ``seed``.
+    ``architecture`` is ``"plain"`` or ``"residual"`` (see :func:`deep_mlp_forward`).
     """
     x = _input_batch(width, batch, seed)
-    hs = deep_mlp_forward(x.requires_grad_(), deep_mlp_weights(depth, width, seed), use_bn)
+    hs = deep_mlp_forward(x.requires_grad_(), deep_mlp_weights(depth, width, seed), use_bn,
+                          architecture=architecture)
     loss = (_readout(width, batch, seed) * hs[-1]).sum()
     grads = torch.autograd.grad(loss, hs)
     return np.array([float(gr.norm()) for gr in grads])
 
 
 def input_output_jacobian(
-    depth: int, width: int, batch: int, use_bn: bool, seed: int = 0
+    depth: int, width: int, batch: int, use_bn: bool, seed: int = 0,
+    architecture: str = "plain",
 ) -> np.ndarray:
     r"""$\partial\,\mathrm{vec}(h_L)/\partial\,\mathrm{vec}(x)$ over the whole batch.
 
-    Shape ``(batch * width, batch * width)``, row-major ``vec``.
+    Shape ``(batch * width, batch * width)``, row-major ``vec``; ``architecture`` as in
+    :func:`deep_mlp_forward`.
 
     In training mode BN couples the examples of a batch, so the Jacobian is taken over the
     whole batch at once, not one example at a time.
@@ -305,7 +391,7 @@ def input_output_jacobian(
     weights = deep_mlp_weights(depth, width, seed)
 
     def f(inp: Tensor) -> Tensor:
-        return deep_mlp_forward(inp, weights, use_bn)[-1].reshape(-1)
+        return deep_mlp_forward(inp, weights, use_bn, architecture=architecture)[-1].reshape(-1)
 
     jac = torch.autograd.functional.jacobian(f, x, vectorize=True)
     return jac.reshape(batch * width, batch * width).numpy()

@@ -23,7 +23,8 @@ __all__ = ["batch_norm_jacobian"]
 def batch_norm_jacobian(x: np.ndarray, gamma: np.ndarray, eps: float = 1e-5) -> np.ndarray:
     """Per-channel Jacobians of ``y = BN(x)``: ``J[c, i, j] = dy[i, c] / dx[j, c]``, (C, N, N).
 
-    ``x`` has shape ``(N, C)``. Singular values per channel: ``m - 2`` equal to
+    ``x`` has shape ``(N, C)``; the Jacobian is computed in float64 and returned in the
+    dtype of ``x``. Singular values per channel: ``m - 2`` equal to
     ``|gamma| / sqrt(sigma^2 + eps)``, one exactly 0 (direction ``1``, a shift of the whole
     channel) and one equal to ``|gamma| * eps / (sigma^2 + eps)^(3/2)`` (direction ``x_hat``,
     a rescaling of the channel), which is 0 when eps = 0.
@@ -38,6 +39,7 @@ def batch_norm_jacobian(x: np.ndarray, gamma: np.ndarray, eps: float = 1e-5) -> 
     gamma = _check_channel_vector(gamma, c, "gamma")
     eps = _check_eps(eps)
     _check_batch(x)
+    dtype = x.dtype
     x = x.astype(np.float64)
     mean = x.mean(axis=0)
     centred = x - mean
@@ -46,4 +48,4 @@ def batch_norm_jacobian(x: np.ndarray, gamma: np.ndarray, eps: float = 1e-5) -> 
     x_hat = (centred * inv_std).T  # (C, N)
     outer = x_hat[:, :, None] * x_hat[:, None, :]
     jac = np.eye(n)[None] - 1.0 / n - outer / n
-    return (gamma * inv_std)[:, None, None] * jac
+    return ((gamma.astype(np.float64) * inv_std)[:, None, None] * jac).astype(dtype, copy=False)

@@ -37,6 +37,7 @@ def _data(seed: int, n: int = 12, d: int = 5) -> tuple[np.ndarray, np.ndarray, n
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.verifies("thm-invariance-scale")
 @settings(max_examples=30, deadline=None)
 @given(seed=SEEDS, a=SCALES)
 def test_bn_of_scaled_weights_is_unchanged_when_eps_is_zero(seed: int, a: float) -> None:
@@ -45,6 +46,7 @@ def test_bn_of_scaled_weights_is_unchanged_when_eps_is_zero(seed: int, a: float)
     assert dev < 1e-12, f"BN(X a w) differs from BN(X w) by {dev:.3e} for a = {a}, eps = 0"
 
 
+@pytest.mark.verifies("thm-invariance-scale")
 @settings(max_examples=30, deadline=None)
 @given(seed=SEEDS, a=SCALES)
 def test_negative_scale_flips_the_sign_of_x_hat(seed: int, a: float) -> None:
@@ -53,6 +55,7 @@ def test_negative_scale_flips_the_sign_of_x_hat(seed: int, a: float) -> None:
     assert err < 1e-12, f"BN(-a X w) + BN(X w) is {err:.3e}, not 0, for a = {a}"
 
 
+@pytest.mark.verifies("eq-invariance-deviation")
 def test_scale_deviation_matches_its_closed_form() -> None:
     x, w, _ = _data(3, n=32, d=6)
     scales = np.logspace(-4, 3, 29)
@@ -81,6 +84,7 @@ def test_scale_deviation_vanishes_for_large_scales_and_saturates_for_small_ones(
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.verifies("thm-invariance-gradients", "eq-invariance-gradscale")
 @settings(max_examples=25, deadline=None)
 @given(seed=SEEDS, a=SCALES)
 def test_input_gradient_is_unchanged_and_weight_gradient_scales_as_one_over_a(
@@ -95,6 +99,7 @@ def test_input_gradient_is_unchanged_and_weight_gradient_scales_as_one_over_a(
     assert ew < 1e-9, f"grad_w(a w) != grad_w(w) / a for a = {a}: relative error {ew:.3e}"
 
 
+@pytest.mark.verifies("thm-invariance-gradients", "eq-invariance-gradscale")
 @settings(max_examples=25, deadline=None)
 @given(seed=SEEDS)
 def test_weight_gradient_is_orthogonal_to_the_weight(seed: int) -> None:
@@ -123,6 +128,7 @@ def test_projection_gradients_agree_with_central_differences() -> None:
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.verifies("eq-invariance-jacobian")
 @settings(max_examples=20, deadline=None)
 @given(seed=SEEDS, m=st.integers(min_value=2, max_value=9),
        eps=st.sampled_from([1e-5, 0.1, 1.0]), gamma=st.floats(min_value=0.2, max_value=3.0))
@@ -140,6 +146,7 @@ def test_bn_jacobian_agrees_with_torch_autograd(seed: int, m: int, eps: float,
     assert err < 1e-9, f"bncourse.jacobian and torch autograd differ: relative error {err:.3e}"
 
 
+@pytest.mark.verifies("thm-invariance-projection")
 @pytest.mark.parametrize("eps", [0.0, 1e-5, 0.3])
 def test_bn_jacobian_is_a_scaled_projection(eps: float) -> None:
     m, gamma = 10, 1.7
@@ -163,6 +170,7 @@ def test_bn_jacobian_is_a_scaled_projection(eps: float) -> None:
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.verifies("thm-invariance-growth", "eq-invariance-pythagoras")
 def test_sgd_without_decay_adds_lr_squared_grad_squared_to_the_squared_norm() -> None:
     rec = inv.train_scale_invariant(steps=20, lr=0.5, weight_decay=0.0)
     n2 = rec.weight_norm**2
@@ -185,20 +193,93 @@ def test_scaling_the_weight_by_a_and_the_lr_by_a_squared_gives_the_same_run() ->
     assert err_norm < 1e-10, f"row norms are not scaled by a: relative error {err_norm:.3e}"
 
 
-def test_weight_decay_drives_the_angle_per_step_to_its_equilibrium() -> None:
+@pytest.mark.verifies("eq-invariance-equilibrium")
+def test_weight_decay_drives_the_rms_angle_per_step_to_its_equilibrium() -> None:
     lr, wd = 0.5, 0.02
-    rec = inv.train_scale_invariant(steps=250, lr=lr, weight_decay=wd)
-    measured = rec.angular_update[-100:].mean()
+    rec = inv.train_scale_invariant(steps=300, lr=lr, weight_decay=wd)
+    rms = np.sqrt(np.mean(rec.row_angles[-150:] ** 2))
     predicted = inv.equilibrium_angular_update(lr, wd)
-    assert abs(measured - predicted) / predicted < 0.1, (
-        f"mean angle per step {measured:.4f} is not within 10% of sqrt(2 lr wd) = {predicted:.4f}"
+    assert abs(rms - predicted) / predicted < 0.05, (
+        f"root-mean-square angle per step {rms:.4f} is not within 5% of "
+        f"arccos(1 - lr wd) = {predicted:.4f}"
     )
 
 
-def test_equilibrium_angular_update_formula() -> None:
+@pytest.mark.verifies("eq-invariance-decay")
+def test_one_decayed_step_of_the_training_run_follows_the_norm_recursion() -> None:
+    lr, wd = 0.5, 0.02
+    rec = inv.train_scale_invariant(steps=30, lr=lr, weight_decay=wd, eps=0.0)
+    n2 = rec.weight_norm**2
+    predicted = (1 - lr * wd) ** 2 * n2[:-1] + lr**2 * rec.grad_sq
+    err = rel_error(n2[1:], predicted)
+    assert err < 1e-10, f"||W'||^2 and (1 - lr wd)^2 ||W||^2 + lr^2 ||G||^2 differ by {err:.3e}"
+
+
+@pytest.mark.verifies("eq-invariance-equilibrium", "eq-invariance-decay")
+@settings(max_examples=30, deadline=None)
+@given(seed=SEEDS, p=st.floats(min_value=1e-4, max_value=0.9), lr=st.floats(0.01, 2.0))
+def test_at_a_steady_norm_the_step_angle_has_cosine_one_minus_lr_wd(
+    seed: int, p: float, lr: float
+) -> None:
+    r = np.random.default_rng(seed)
+    w = r.normal(size=7)
+    g = r.normal(size=7)
+    g -= (g @ w) / (w @ w) * w  # orthogonal to w, as for a scale-invariant loss
+    g *= np.sqrt(2 * p - p * p) * np.linalg.norm(w) / (lr * np.linalg.norm(g))
+    w_new = (1 - p) * w - lr * g  # weight decay wd = p / lr
+    cos = (w @ w_new) / (np.linalg.norm(w) * np.linalg.norm(w_new))
+    theta = inv.equilibrium_angular_update(lr, p / lr)
+    assert abs(np.linalg.norm(w_new) / np.linalg.norm(w) - 1) < 1e-12, "the norm changed"
+    assert abs(cos - (1 - p)) < 1e-12, f"cos theta = {cos!r}, not 1 - lr wd = {1 - p!r}"
+    assert abs(np.arccos(np.clip(cos, -1, 1)) - theta) < 1e-6, (
+        f"the step turns through {np.arccos(cos)!r}, the function says {theta!r}"
+    )
+    tan = lr * np.linalg.norm(g) / ((1 - p) * np.linalg.norm(w))
+    assert abs(np.tan(theta) - tan) < 1e-9 * max(1.0, tan), "tan theta disagrees"
+
+
+def test_equilibrium_angular_update_formula_and_its_domain() -> None:
     assert inv.equilibrium_angular_update(0.1, 0.0) == 0.0
     got = inv.equilibrium_angular_update(0.5, 0.02)
-    assert abs(got - np.sqrt(0.02 - 1e-4)) < 1e-15, f"got {got}"
+    assert abs(np.sin(got) - np.sqrt(0.02 - 1e-4)) < 1e-15, f"sin of {got} is not exact"
+    assert abs(np.cos(got) - 0.99) < 1e-15, f"cos of {got} is not 1 - lr wd"
+    for lr, wd in ((1.0, 1.0), (0.5, -0.1), (2.0, 0.6)):
+        with pytest.raises(ValueError, match="lr \\* weight_decay"):
+            inv.equilibrium_angular_update(lr, wd)
+
+
+def test_adam_angle_scales_as_lr_over_norm_and_sgd_as_lr_over_norm_squared() -> None:
+    a = 3.0
+    kw = dict(steps=25, eps=0.0)
+    base = inv.train_scale_invariant(lr=0.01, optimizer="adam", adam_eps=0.0, **kw)
+    same = inv.train_scale_invariant(lr=0.01 * a, init_scale=a, optimizer="adam",
+                                     adam_eps=0.0, **kw)
+    err = np.max(np.abs(base.loss - same.loss))
+    assert err < 1e-10, f"Adam from a w0 with lr a eta differs from w0 with eta by {err:.3e}"
+    assert rel_error(same.row_norms, a * base.row_norms) < 1e-10
+    squared = inv.train_scale_invariant(lr=0.01 * a * a, init_scale=a, optimizer="adam",
+                                        adam_eps=0.0, **kw)
+    assert np.max(np.abs(base.loss - squared.loss)) > 1e-3, (
+        "with Adam, lr a^2 eta from a w0 should not reproduce the run (that is SGD's rule)"
+    )
+    sgd = inv.train_scale_invariant(lr=0.5, **kw)
+    sgd_a = inv.train_scale_invariant(lr=0.5 * a, init_scale=a, **kw)
+    assert np.max(np.abs(sgd.loss - sgd_a.loss)) > 1e-3, (
+        "with SGD, lr a eta from a w0 should not reproduce the run (the rule is a^2)"
+    )
+
+
+def test_training_rejects_bad_settings() -> None:
+    with pytest.raises(ValueError, match="optimizer"):
+        inv.train_scale_invariant(steps=2, optimizer="rmsprop")
+    with pytest.raises(ValueError, match="Adam"):
+        inv.train_scale_invariant(steps=2, optimizer="adam", weight_decay=0.01)
+    with pytest.raises(ValueError, match="steps"):
+        inv.train_scale_invariant(steps=0)
+    with pytest.raises(ValueError, match="lr"):
+        inv.train_scale_invariant(steps=2, lr=-1.0)
+    with pytest.raises(ValueError, match="weight_decay"):
+        inv.train_scale_invariant(steps=2, lr=1.0, weight_decay=1.5)
 
 
 # --------------------------------------------------------------------------------------
@@ -216,6 +297,7 @@ def test_whitened_inputs_have_identity_covariance() -> None:
     assert np.max(np.abs(xw.mean(axis=0))) < 1e-12
 
 
+@pytest.mark.verifies("thm-invariance-isometry", "eq-invariance-cov")
 def test_layer_jacobian_times_its_transpose_is_the_output_correlation() -> None:
     r = np.random.default_rng(8)
     x = inv.whiten(r.normal(size=(300, 16)))
@@ -229,6 +311,7 @@ def test_layer_jacobian_times_its_transpose_is_the_output_correlation() -> None:
     assert np.max(np.abs(np.diag(jac @ jac.T) - 1)) < 1e-12, "diag(J J^T) should be 1"
 
 
+@pytest.mark.verifies("thm-invariance-isometry")
 def test_layer_jacobian_is_an_isometry_for_orthogonal_rows() -> None:
     r = np.random.default_rng(9)
     x = inv.whiten(r.normal(size=(300, 16)))
@@ -258,6 +341,35 @@ def test_bn_layer_jacobian_agrees_with_autograd_when_statistics_are_frozen() -> 
 # --------------------------------------------------------------------------------------
 # Deep networks at initialization
 # --------------------------------------------------------------------------------------
+
+
+def test_residual_bn_network_grows_the_gradient_far_less_than_the_plain_one() -> None:
+    plain = inv.gradient_norms_by_depth(30, 64, 32, use_bn=True, seed=0)
+    residual = inv.gradient_norms_by_depth(30, 64, 32, use_bn=True, seed=0,
+                                           architecture="residual")
+    ratio_plain = plain[0] / plain[-1]
+    ratio_res = residual[0] / residual[-1]
+    assert ratio_res < 20, f"with skips the input gradient is {ratio_res:.1f}x the top one"
+    assert ratio_plain > 10 * ratio_res, (
+        f"without skips the ratio is {ratio_plain:.1f}, with skips {ratio_res:.1f}"
+    )
+
+
+def test_residual_forward_is_the_pre_activation_block() -> None:
+    r = torch.Generator().manual_seed(3)
+    x = torch.randn(8, 5, generator=r, dtype=torch.float64)
+    ws = [torch.randn(5, 5, generator=r, dtype=torch.float64) for _ in range(2)]
+    hs = inv.deep_mlp_forward(x, ws, use_bn=True, eps=1e-5, architecture="residual")
+    h = x
+    for w in ws:
+        bn = F.batch_norm(h, None, None, training=True, eps=1e-5)
+        h = h + torch.relu(bn) @ w.T
+    err = rel_error(hs[-1].numpy(), h.numpy())
+    assert err < 1e-12, f"the residual forward differs from torch's layers by {err:.3e}"
+    with pytest.raises(ValueError, match="architecture"):
+        inv.deep_mlp_forward(x, ws, use_bn=True, architecture="dense")
+    with pytest.raises(ValueError, match="empty"):
+        inv.deep_mlp_forward(x, [], use_bn=True)
 
 
 def test_gradient_grows_towards_the_input_with_bn_and_not_without() -> None:
@@ -296,12 +408,15 @@ def test_bn_network_ignores_a_common_shift_of_every_example() -> None:
 
 
 def _check_figure(fig) -> None:
+    from bncourse.plotting import MAX_WIDTH
+
+    assert fig.get_figwidth() <= MAX_WIDTH, f"figure {fig.get_figwidth()} in wide"
     for ax in fig.axes:
         assert ax.get_xlabel() and ax.get_ylabel(), "every axis needs both labels"
         assert ax.get_title(), "every panel needs a title"
 
 
-def test_figures_have_labels_and_titles() -> None:
+def test_figures_have_labels_and_titles_and_fit_the_page() -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -309,13 +424,63 @@ def test_figures_have_labels_and_titles() -> None:
 
     x, w, _ = _data(1, n=16, d=4)
     scales = np.logspace(-3, 2, 6)
+    fine = np.logspace(-3, 2, 50)
     _check_figure(plots.plot_scale_deviation(
-        scales, inv.scale_deviation(x, w, scales), inv.scale_deviation_theory(x, w, scales),
+        scales, inv.scale_deviation(x, w, scales), fine, inv.scale_deviation_theory(x, w, fine),
         1e-2, 1e-5))
     recs = {"no decay": inv.train_scale_invariant(steps=5),
             "decay": inv.train_scale_invariant(steps=5, weight_decay=0.02)}
-    _check_figure(plots.plot_training_runs(recs))
-    _check_figure(plots.plot_layer_spectra({"k = d": np.array([2.0, 1.0, 0.1])}))
+    fig = plots.plot_training_runs(recs)
+    _check_figure(fig)
+    labels = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes]
+    assert not any("equilibrium" in t for t in labels[0] + labels[1]), (
+        "the equilibrium line is drawn only in the third panel; only its legend may list it"
+    )
+    assert any("equilibrium" in t for t in labels[2])
+    _check_figure(plots.plot_layer_spectra({"k = d": np.array([2.0, 1.0, 0.1]),
+                                            "orthogonal": np.ones(3)}))
     g = np.array([3.0, 2.0, 1.0])
-    _check_figure(plots.plot_depth(g, g, np.array([3.0, 1.0]), np.array([2.0, 1.0]), n_show=2))
+    sv = np.array([3.0, 1.0, 1e-17])
+    fig = plots.plot_depth({"a": g, "b": g, "c": g}, {"a": sv, "b": sv, "c": sv})
+    _check_figure(fig)
+    assert all(line.get_xdata().size == 3 for line in fig.axes[1].get_lines()), (
+        "the spectrum panel must show every singular value"
+    )
     matplotlib.pyplot.close("all")
+
+
+def test_batch_norm_jacobian_keeps_the_dtype_of_its_input() -> None:
+    x = np.random.default_rng(2).normal(size=(6, 2))
+    j64 = batch_norm_jacobian(x, np.array([1.5, -0.5]), 1e-3)
+    j32 = batch_norm_jacobian(x.astype(np.float32), np.array([1.5, -0.5]), 1e-3)
+    assert j64.dtype == np.float64 and j32.dtype == np.float32, (j64.dtype, j32.dtype)
+    err = np.max(np.abs(j32 - batch_norm_jacobian(x.astype(np.float32).astype(np.float64),
+                                                  np.array([1.5, -0.5]), 1e-3)))
+    assert err < 1e-6, f"the float32 Jacobian is not the float64 one rounded: {err:.3e}"
+
+
+def test_the_jacobian_exercise_judges_float32_negative_and_memoized_answers() -> None:
+    from bncourse.exercises import check
+
+    def right(x, gamma, eps):
+        m = x.size
+        s = np.sqrt(x.var() + eps)
+        x_hat = (x - x.mean()) / s
+        return gamma / s * (np.eye(m, dtype=x.dtype) - 1.0 / m - np.outer(x_hat, x_hat) / m)
+
+    def always_float64(x, gamma, eps):
+        return right(x.astype(np.float64), gamma, eps)
+
+    def absolute_gamma(x, gamma, eps):
+        return right(x, abs(gamma), eps)
+
+    memory = {}
+
+    def memoized(x, gamma, eps):
+        return memory.setdefault(x.shape, right(x, gamma, eps))
+
+    assert check("invariance.jacobian", right).passed
+    assert not check("invariance.jacobian", always_float64).passed
+    assert "float32" in check("invariance.jacobian", always_float64).message
+    assert check("invariance.jacobian", absolute_gamma).mistake == "abs_gamma"
+    assert not check("invariance.jacobian", memoized).passed
