@@ -13,11 +13,27 @@
 * One setting, ``repository.url`` in ``_config.yml``, switches the repository links on.
   While it is empty the pages have no repository, "edit this page", issue or launch
   (Colab, Binder) buttons, so nothing links to an address that does not exist.
+* The site's own styles and script (``book/_static/course.css`` and ``course.js``): the
+  phone navigation drawers, wide equations that scroll with a visible cue, figures in dark
+  mode, solution links that open the solution, search results without TeX.
+* Every page is trimmed after the build: one viewport meta tag, no Font Awesome script (the
+  theme's stylesheet already draws the icons with the Font Awesome web font).
+* No generated index pages (an empty general index, a raw-label proof index).
+* The bibliography is labelled author-year, like the citations in the text, and an arXiv
+  identifier in a ``note`` links to its abstract page (pybtex style ``course``).
+* Each page shows the date of its source's last commit ("Last updated on").
+* The numbers the reader sees, by label (equations, theorems, exercises, figures), are
+  written to ``<outdir>/_static/course-numbers.json`` for the student kit
+  (``python -m bncourse.authoring student``).
 """
 
 from __future__ import annotations
 
+import datetime as _dt
+import json
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
 from sphinx.application import Sphinx
@@ -30,6 +46,10 @@ MATHJAX_ENTRY = "tex-mml-chtml.js"
 MATHJAX_PARTS = ("a11y", "adaptors", "input", "output", "sre", "ui")
 REPOSITORY_BUTTONS = ("use_repository_button", "use_edit_page_button", "use_issues_button")
 LAUNCH_KEYS = ("binderhub_url", "jupyterhub_url", "colab_url", "deepnote_url", "thebe")
+STATIC = Path(__file__).resolve().parent.parent / "_static"
+NUMBERS_FILE = "course-numbers.json"
+_VIEWPORT = re.compile(r"\s*<meta\s+name=\"viewport\"[^>]*>")
+_FONTAWESOME = re.compile(r"\s*<script\b[^>]*src=\"[^\"]*fontawesome\.js[^\"]*\"[^>]*></script>")
 
 
 def _mathjax_source(app: Sphinx) -> Path:
@@ -52,6 +72,35 @@ def _repository_links(app: Sphinx, config: Config) -> None:
 
 def _theme_defaults(app: Sphinx, config: Config) -> None:
     config.html_context = {"default_mode": "auto", **config.html_context}
+    config.html_static_path = [*config.html_static_path, str(STATIC)]
+    config.html_favicon = str(STATIC / "favicon.svg")
+    # No generated index pages: the general index would be empty and sphinx-proof's domain
+    # index lists raw labels; neither is linked from the book.
+    config.html_use_index = False
+    config.html_domain_indices = False
+    if not config.html_last_updated_fmt:
+        config.html_last_updated_fmt = "%Y-%m-%d"
+
+
+def _last_commit_date(path: Path) -> str | None:
+    """The date of the last commit that touched ``path`` (None outside git or if untracked)."""
+    try:
+        out = subprocess.run(
+            ["git", "log", "-1", "--format=%cs", "--", path.name],
+            cwd=path.parent, capture_output=True, text=True, timeout=20, check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out or None
+
+
+def _last_updated(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
+    """"Last updated on": the last commit of the page's source, else the build date."""
+    if doctree is None or pagename not in app.env.found_docs:
+        return
+    source = Path(app.env.doc2path(pagename))
+    date = _last_commit_date(source) or _dt.date.today().isoformat()
+    context["last_updated"] = date
 
 
 def _is_thebe(asset: object) -> bool:
@@ -98,10 +147,80 @@ def _copy_mathjax(app: Sphinx) -> None:
         shutil.copytree(source / part, target / part, dirs_exist_ok=True)
 
 
+def _trim_pages(app: Sphinx, exception: Exception | None) -> None:
+    """One viewport meta tag per page, and no Font Awesome script (the CSS font draws icons)."""
+    if exception is not None or app.builder.format != "html":
+        return
+    for page in Path(app.outdir).rglob("*.html"):
+        html = page.read_text(encoding="utf-8")
+        trimmed = _FONTAWESOME.sub("", html)
+        tags = list(_VIEWPORT.finditer(trimmed))
+        for tag in reversed(tags[1:]):  # keep the first viewport tag, drop the others
+            trimmed = trimmed[: tag.start()] + trimmed[tag.end():]
+        if trimmed != html:
+            page.write_text(trimmed, encoding="utf-8")
+
+
+def reader_numbers(env) -> dict[str, str]:
+    """What the reader sees for each label: ``{"eq-formula-mean": "1.1", ...}``.
+
+    Equations map to their number (shown in the text as "(1.1)"); theorem-like statements,
+    exercises and figures map to their word and number ("Theorem 4.1", "Exercise 1.2",
+    "Figure 2.1"). The numbers are Sphinx's own (``env.toc_fignumbers``, chapter-numbered by
+    ``use_multitoc_numbering``), so they are the ones the site shows.
+    """
+    numbers: dict[str, str] = {}
+    fignumbers = getattr(env, "toc_fignumbers", {})
+
+    def number(docname: str, figtype: str, node_id: str) -> str | None:
+        value = fignumbers.get(docname, {}).get(figtype, {}).get(node_id)
+        return ".".join(map(str, value)) if value else None
+
+    for label, (docname, _) in env.get_domain("math").equations.items():
+        shown = number(docname, "displaymath", f"equation-{label}")
+        if shown:
+            numbers[label] = shown
+    words = {"figure": "Figure", "table": "Table", "code-block": "Listing"}
+    for label, (docname, node_id) in env.get_domain("std").anonlabels.items():
+        for figtype, word in words.items():
+            shown = number(docname, figtype, node_id)
+            if shown:
+                numbers[label] = f"{word} {shown}"
+    for label, info in getattr(env, "proof_list", {}).items():
+        shown = number(info["docname"], info.get("countertype", ""), label)
+        if shown and not info.get("nonumber"):
+            numbers[label] = f"{str(info.get('realtype', '')).title()} {shown}"
+    for label, info in getattr(env, "sphinx_exercise_registry", {}).items():
+        if info.get("type") != "exercise":
+            continue
+        shown = number(info["docname"], "exercise", label)
+        if shown:
+            numbers[label] = f"Exercise {shown}"
+    return numbers
+
+
+def _write_numbers(app: Sphinx, exception: Exception | None) -> None:
+    if exception is not None or app.builder.name != "html":
+        return
+    target = Path(app.outdir) / "_static" / NUMBERS_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(reader_numbers(app.env), indent=1, sort_keys=True),
+                      encoding="utf-8")
+
+
 def setup(app: Sphinx) -> dict[str, object]:
+    from course_bibstyle import register as register_bibstyle
+
+    register_bibstyle()
     app.connect("config-inited", _repository_links)
     app.connect("config-inited", _theme_defaults)
     app.connect("config-inited", _check_mathjax)
     app.connect("html-page-context", _page_assets, priority=900)
+    app.connect("html-page-context", _last_updated)
     app.connect("builder-inited", _copy_mathjax)
+    app.connect("build-finished", _trim_pages)
+    app.connect("build-finished", _write_numbers)
+    app.add_css_file("course.css", priority=900)
+    # Deferred and early: it must run before the theme's deferred scripts (see course.js).
+    app.add_js_file("course.js", loading_method="defer", priority=100)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
