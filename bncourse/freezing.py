@@ -8,6 +8,8 @@ counter ``num_batches_tracked``). The two are stopped by different switches:
 statistics. :func:`freeze_batch_norm` flips both, and keeps the layer in eval mode when the
 surrounding model is put back into ``train()`` (what Keras' ``trainable=False`` does).
 :func:`reestimate_running_stats` recomputes the running statistics from data.
+:func:`keras_update_moving_stats` is Keras' form of the running-statistics update, for
+comparing the two libraries' conventions.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ __all__ = [
     "is_frozen",
     "reestimate_running_stats",
     "running_mean_trajectories",
+    "running_stat_trajectories",
+    "keras_update_moving_stats",
 ]
 
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm, BatchNorm)
@@ -170,3 +174,73 @@ def running_mean_trajectories(
             layer(data[k])
             out[i, k] = float(layer.running_mean[0])
     return out
+
+
+def running_stat_trajectories(
+    momenta: Sequence[float | None],
+    *,
+    true_mean: float = 3.0,
+    true_std: float = 2.0,
+    batch_size: int = 32,
+    n_batches: int = 300,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Running mean *and* running variance after each update, one row per momentum.
+
+    The same batches as :func:`running_mean_trajectories` (same arguments, same seed). The
+    running variance starts at PyTorch's initial value 1, the mean at 0. Returns
+    ``(means, variances)``, each of shape ``(len(momenta), n_batches)``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    data = true_mean + true_std * torch.randn(
+        n_batches, batch_size, 1, generator=gen, dtype=torch.float64
+    )
+    means = np.empty((len(momenta), n_batches))
+    variances = np.empty((len(momenta), n_batches))
+    for i, momentum in enumerate(momenta):
+        layer = BatchNorm(1, momentum=momentum, dtype=torch.float64)
+        for k in range(n_batches):
+            layer(data[k])
+            means[i, k] = float(layer.running_mean[0])
+            variances[i, k] = float(layer.running_var[0])
+    return means, variances
+
+
+def keras_update_moving_stats(
+    moving_mean: np.ndarray,
+    moving_var: np.ndarray,
+    x: np.ndarray,
+    momentum: float = 0.99,
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""One update of Keras' moving statistics (``BatchNormalization`` in training mode).
+
+    $\hat\mu \leftarrow \rho\,\hat\mu + (1 - \rho)\,\mu_B$ and
+    $\hat\sigma^2 \leftarrow \rho\,\hat\sigma^2 + (1 - \rho)\,\sigma_B^2$, with
+    ``momentum`` $= \rho$ the weight of the *old* value (Keras' default 0.99) and the
+    **biased** batch variance $\sigma_B^2$ (divide by $m$): Keras' layer undoes the Bessel
+    correction that a fused kernel applies, so ``moving_variance`` holds the variance the
+    layer normalizes with. PyTorch stores the unbiased one instead
+    (:func:`bncourse.functional.update_running_stats`). ``x`` has shape ``(N, C, ...)``
+    (channels on axis 1, as everywhere in bncourse). Returns new arrays.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim < 2:
+        raise ValueError(f"x must have shape (N, C, ...); got shape {x.shape}")
+    if not 0.0 <= float(momentum) < 1.0:
+        raise ValueError(
+            f"Keras' momentum is the weight of the old value and must lie in [0, 1); got "
+            f"{momentum}. (PyTorch's 0.1 is Keras' 0.9.)"
+        )
+    axes = (0, *range(2, x.ndim))
+    if x.size // x.shape[1] < 1:
+        raise ValueError(f"x of shape {x.shape} has no value per channel")
+    mean = x.mean(axis=axes)
+    biased_var = x.var(axis=axes)
+    moving_mean = np.asarray(moving_mean, dtype=np.float64)
+    moving_var = np.asarray(moving_var, dtype=np.float64)
+    for name, v in (("moving_mean", moving_mean), ("moving_var", moving_var)):
+        if v.shape != mean.shape:
+            raise ValueError(f"{name} must have shape {mean.shape} (one per channel); "
+                             f"got {v.shape}")
+    return (momentum * moving_mean + (1 - momentum) * mean,
+            momentum * moving_var + (1 - momentum) * biased_var)

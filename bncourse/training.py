@@ -4,10 +4,12 @@ The digits data set (1797 images of 8x8 pixels, 10 classes) ships inside scikit-
 nothing is downloaded. :func:`load_digits_data` splits it once (stratified, fixed seed) and
 standardizes every pixel with the training set's mean and standard deviation.
 
-:func:`train_only_bn_experiment` compares four ways of training the same randomly
-initialised network: every weight (``"all"``), only BN's $\\gamma$ and $\\beta$
-(``"bn_only"``), nothing (``"none"``), and as many randomly chosen non-BN weights as BN has
-parameters (``"random_subset"``). Progress is shown with tqdm when the environment variable
+:func:`train_only_bn_experiment` compares ways of training the same randomly initialised
+network (see :data:`VARIANTS`): every weight, only BN's $\\gamma$ and $\\beta$, BN and the
+output layer, the output layer alone (random features with a trained linear readout), as many
+randomly chosen non-BN weights as BN has parameters, and nothing. Each variant's learning
+rate is chosen by :func:`select_learning_rates` on a validation split carved from the
+training set, never the test set. Progress is shown with tqdm when the environment variable
 ``BNCOURSE_QUIET`` is unset.
 """
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -42,14 +44,30 @@ __all__ = [
     "ExperimentResult",
     "train_only_bn_experiment",
     "VARIANTS",
+    "TRAINED_VARIANTS",
+    "LR_GRID",
+    "split_validation",
+    "LRSelection",
+    "select_learning_rates",
+    "switched_off_fraction",
+    "output_layer",
     "torch_threads",
     "bn_parameter_count",
     "DriftResult",
     "drift_while_frozen",
 ]
 
-#: The four variants of the train-only-BN experiment, in the order they are reported.
-VARIANTS = ("all", "bn_only", "random_subset", "none")
+#: The variants of the train-only-BN experiment, in the order they are reported: every
+#: parameter; BN's gamma and beta plus the output layer; BN's gamma and beta alone; the output
+#: layer alone (a linear readout of random features); as many randomly chosen non-BN entries
+#: as BN has; nothing.
+VARIANTS = ("all", "bn_output", "bn_only", "output_only", "random_subset", "none")
+
+#: The variants that train something (and so need a learning rate).
+TRAINED_VARIANTS = VARIANTS[:-1]
+
+#: The learning rates :func:`select_learning_rates` tries by default (Adam).
+LR_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
 
 
 @contextmanager
@@ -138,18 +156,21 @@ def make_mlp(
     classes: int = 10,
     bn: type[nn.Module] | None = nn.BatchNorm1d,
     seed: int = 0,
+    bias_before_bn: bool = True,
 ) -> nn.Sequential:
     """``Linear -> BN -> ReLU`` per hidden width, then ``Linear`` to the class scores.
 
     ``bn`` is the BN class (``torch.nn.BatchNorm1d`` or :class:`bncourse.BatchNorm`), or
-    ``None`` for no normalization. Weights use torch's default initialisation under
+    ``None`` for no normalization. ``bias_before_bn=False`` drops the bias of every linear
+    layer followed by BN (BN subtracts the mean, so such a bias has no effect on the output;
+    with ``bn=None`` the biases are kept). Weights use torch's default initialisation under
     ``torch.manual_seed(seed)``; $\\gamma = 1$, $\\beta = 0$.
     """
     torch.manual_seed(seed)
     layers: list[nn.Module] = []
     previous = in_features
     for width in widths:
-        layers.append(nn.Linear(previous, width))
+        layers.append(nn.Linear(previous, width, bias=bias_before_bn or bn is None))
         if bn is not None:
             layers.append(bn(width))
         layers.append(nn.ReLU())
@@ -183,44 +204,104 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
         model.train(was_training)
 
 
+def output_layer(model: nn.Module) -> nn.Module:
+    """The last ``nn.Linear`` of ``model`` (the layer that produces the class scores)."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("the model has no nn.Linear layer, so no output layer")
+    return linears[-1]
+
+
+def _redundant_biases(model: nn.Module) -> set[int]:
+    """Ids of biases of layers directly followed by BN inside an ``nn.Sequential``.
+
+    BN subtracts the batch mean, so such a bias changes nothing but the running mean: it is
+    kept out of the random-subset pool, where training it would be a wasted choice.
+    """
+    ids: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, nn.Sequential):
+            children = list(module)
+            for layer, following in zip(children, children[1:], strict=False):
+                bias = getattr(layer, "bias", None)
+                if isinstance(bias, nn.Parameter) and is_batch_norm(following):
+                    ids.add(id(bias))
+    return ids
+
+
 def select_trainable(model: nn.Module, variant: str, seed: int = 0) -> int:
     """Set which entries of ``model`` train for one of :data:`VARIANTS`; returns their number.
 
     ``"all"``: every parameter. ``"bn_only"``: BN's $\\gamma$ and $\\beta$, nothing else.
-    ``"none"``: nothing. ``"random_subset"``: as many entries as BN has, drawn uniformly at
-    random (seeded) from the weights and biases of the linear layers; BN's are frozen. The
-    other entries of a partly trained tensor are held fixed by zeroing their gradient.
+    ``"bn_output"``: BN's $\\gamma$, $\\beta$ and the output layer (:func:`output_layer`).
+    ``"output_only"``: the output layer alone. ``"none"``: nothing. ``"random_subset"``: as
+    many entries as BN has, drawn uniformly at random (seeded) from the non-BN parameters,
+    leaving out biases directly followed by BN (they have no effect on the output); BN's are
+    frozen. The other entries of a partly trained tensor are held fixed by zeroing their
+    gradient.
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}; got {variant!r}")
     bn_params = [p for m in batch_norm_layers(model) for p in m.parameters(recurse=False)]
     bn_ids = {id(p) for p in bn_params}
-    others = [p for p in model.parameters() if id(p) not in bn_ids]
     n_bn = sum(p.numel() for p in bn_params)
     for p in model.parameters():
         p.requires_grad_(variant == "all")
-    if variant == "bn_only":
-        for p in bn_params:
-            p.requires_grad_(True)
-        return n_bn
     if variant == "all":
         return sum(p.numel() for p in model.parameters())
     if variant == "none":
         return 0
-    # random_subset
-    sizes = [p.numel() for p in others]
+    chosen_params: list[nn.Parameter] = []
+    if variant in ("bn_only", "bn_output"):
+        chosen_params += bn_params
+    if variant in ("output_only", "bn_output"):
+        chosen_params += list(output_layer(model).parameters())
+    if variant != "random_subset":
+        for p in chosen_params:
+            p.requires_grad_(True)
+        return sum(p.numel() for p in chosen_params)
+    skip = bn_ids | _redundant_biases(model)
+    pool = [p for p in model.parameters() if id(p) not in skip]
+    sizes = [p.numel() for p in pool]
     total = sum(sizes)
     if n_bn == 0 or n_bn > total:
         raise ValueError(f"cannot choose {n_bn} of the {total} non-BN entries")
     gen = torch.Generator().manual_seed(10_000 + seed)
     chosen = torch.zeros(total, dtype=torch.bool)
     chosen[torch.randperm(total, generator=gen)[:n_bn]] = True
-    for p, mask in zip(others, torch.split(chosen, sizes), strict=True):
+    for p, mask in zip(pool, torch.split(chosen, sizes), strict=True):
         mask = mask.view_as(p)
         if mask.any():
             p.requires_grad_(True)
             p.register_hook(lambda g, mask=mask: g * mask)
     return n_bn
+
+
+@torch.no_grad()
+def switched_off_fraction(model: nn.Sequential, x: Tensor) -> float:
+    """Fraction of hidden channels whose ReLU output is zero for every row of ``x`` (eval mode).
+
+    A channel is switched off when BN's $\\gamma \\hat x + \\beta$ is never positive on
+    ``x``: the ReLU after it passes nothing, whatever the input. ``model`` is an
+    ``nn.Sequential`` (as :func:`make_mlp` builds); every ``nn.ReLU`` in it is inspected.
+    """
+    if not isinstance(model, nn.Sequential):
+        raise TypeError(f"switched_off_fraction needs an nn.Sequential; got {type(model).__name__}")
+    was_training = model.training
+    model.eval()
+    try:
+        off = total = 0
+        h = x
+        for layer in model:
+            h = layer(h)
+            if isinstance(layer, nn.ReLU):
+                off += int((h > 0).sum(dim=0).eq(0).sum())
+                total += h.shape[1]
+    finally:
+        model.train(was_training)
+    if total == 0:
+        raise ValueError("the model has no nn.ReLU, so no hidden channel to inspect")
+    return off / total
 
 
 def train(
@@ -265,59 +346,208 @@ def train(
     return losses
 
 
+def _mean_and_sem(values: Sequence[float]) -> tuple[float, float]:
+    a = np.asarray(values, dtype=np.float64)
+    sem = float(a.std(ddof=1) / np.sqrt(a.size)) if a.size > 1 else float("nan")
+    return float(a.mean()), sem
+
+
 @dataclass
 class ExperimentResult:
-    """Test accuracies ``accuracy[variant]`` (one per seed) and trained counts per variant."""
+    """Test accuracies ``accuracy[variant]`` (one per seed, in the order of ``seeds``).
+
+    ``trained[variant]`` is the number of trained entries, ``lr[variant]`` the learning rate
+    used, and ``switched_off[variant]`` the fraction of hidden channels switched off after
+    training, per seed (:func:`switched_off_fraction` on the training inputs).
+    """
 
     seeds: tuple[int, ...]
     widths: tuple[int, ...]
     accuracy: dict[str, list[float]] = field(default_factory=dict)
     trained: dict[str, int] = field(default_factory=dict)
+    lr: dict[str, float] = field(default_factory=dict)
+    switched_off: dict[str, list[float]] = field(default_factory=dict)
     total_parameters: int = 0
 
     def mean(self, variant: str) -> float:
         """Mean test accuracy of ``variant`` over the seeds."""
         return float(np.mean(self.accuracy[variant]))
 
+    def sem(self, variant: str) -> float:
+        """Standard error of the mean test accuracy (sample standard deviation / sqrt(n))."""
+        return _mean_and_sem(self.accuracy[variant])[1]
+
     def spread(self, variant: str) -> tuple[float, float]:
         """Smallest and largest test accuracy of ``variant`` over the seeds."""
         return float(np.min(self.accuracy[variant])), float(np.max(self.accuracy[variant]))
+
+    def paired_difference(self, a: str, b: str) -> tuple[float, float]:
+        """Mean and standard error of ``accuracy[a] - accuracy[b]``, seed by seed.
+
+        Both variants start from the same random network for a given seed, so the paired
+        difference removes the part of the scatter that the two share.
+        """
+        return _mean_and_sem(np.subtract(self.accuracy[a], self.accuracy[b]))
+
+
+def _run_variant(
+    data: DigitsData,
+    variant: str,
+    seed: int,
+    *,
+    widths: Sequence[int],
+    epochs: int,
+    batch_size: int,
+    lr: float,
+) -> tuple[nn.Sequential, int]:
+    """One run: build the network for ``seed``, train ``variant``, re-estimate the statistics."""
+    model = make_mlp(widths, seed=seed, bias_before_bn=False)
+    trained = select_trainable(model, variant, seed=seed)
+    if variant != "none":
+        train(model, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+              progress=False, threads=None)
+    reestimate_running_stats(model, [data.x_train])
+    return model, trained
 
 
 def train_only_bn_experiment(
     data: DigitsData,
     *,
-    seeds: Sequence[int] = (0, 1, 2),
+    seeds: Sequence[int] = tuple(range(10)),
     widths: Sequence[int] = (64, 64, 64, 64),
     epochs: int = 20,
     batch_size: int = 128,
-    lr: float = 0.05,
+    lr: float | Mapping[str, float] = 0.01,
     variants: Sequence[str] = VARIANTS,
     progress: bool | None = None,
     threads: int | None = 1,
 ) -> ExperimentResult:
     """Train each variant from the same random network per seed; test accuracy after training.
 
-    Before testing, every network's running statistics are re-estimated on the whole
-    training set (one batch), so all variants, the untrained one included, are evaluated in
-    eval mode with statistics that match their weights.
+    The network is :func:`make_mlp` with ``bias_before_bn=False`` (the biases before BN are
+    redundant). ``lr`` is one learning rate for every variant or a mapping variant -> rate
+    (:func:`select_learning_rates` chooses them on a validation split). Before testing,
+    every network's running statistics are re-estimated on the whole training set (one
+    batch), so all variants, the untrained one included, are evaluated in eval mode with
+    statistics that match their weights.
     """
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; choose from {VARIANTS}")
+    rates = {v: (lr[v] if isinstance(lr, Mapping) else float(lr))
+             for v in variants if v != "none"}
     tqdm = _tqdm()
-    result = ExperimentResult(seeds=tuple(seeds), widths=tuple(widths))
+    result = ExperimentResult(seeds=tuple(seeds), widths=tuple(widths), lr=rates)
     show = (not quiet()) if progress is None else progress
     runs = [(v, s) for v in variants for s in seeds]
     with torch_threads(threads):
         for variant, seed in tqdm(runs, desc="train-only-BN runs", disable=not show):
-            model = make_mlp(widths, seed=seed)
+            model, trained = _run_variant(
+                data, variant, seed, widths=widths, epochs=epochs, batch_size=batch_size,
+                lr=rates.get(variant, 0.0),
+            )
             result.total_parameters = sum(p.numel() for p in model.parameters())
-            result.trained[variant] = select_trainable(model, variant, seed=seed)
-            train(model, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                  progress=False, threads=None)
-            reestimate_running_stats(model, [data.x_train])
+            result.trained[variant] = trained
             result.accuracy.setdefault(variant, []).append(
                 accuracy(model, data.x_test, data.y_test)
             )
+            result.switched_off.setdefault(variant, []).append(
+                switched_off_fraction(model, data.x_train)
+            )
     return result
+
+
+def split_validation(data: DigitsData, fraction: float = 0.2, seed: int = 0) -> DigitsData:
+    """A validation split carved from the *training* set (stratified); the test set is unused.
+
+    Returns a :class:`DigitsData` whose ``x_train``/``y_train`` are the remaining training
+    examples and whose ``x_test``/``y_test`` are the validation examples. The inputs keep
+    the training set's standardization.
+    """
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must lie strictly between 0 and 1; got {fraction}")
+    idx = np.arange(data.x_train.shape[0])
+    fit, val = train_test_split(idx, test_size=fraction, random_state=seed,
+                                stratify=data.y_train.numpy())
+    fit, val = torch.from_numpy(np.sort(fit)), torch.from_numpy(np.sort(val))
+    return DigitsData(
+        x_train=data.x_train[fit], y_train=data.y_train[fit],
+        x_test=data.x_train[val], y_test=data.y_train[val],
+        pixel_mean=data.pixel_mean, pixel_std=data.pixel_std,
+    )
+
+
+@dataclass
+class LRSelection:
+    """Validation accuracy per variant, learning rate and seed, and the rate chosen.
+
+    ``accuracy[variant][i][j]`` is the validation accuracy at ``lrs[i]`` for ``seeds[j]``;
+    ``chosen[variant]`` is the rate with the highest mean over the seeds (the smaller rate
+    on a tie). The other fields record the settings, so the selection can be repeated.
+    """
+
+    lrs: tuple[float, ...]
+    seeds: tuple[int, ...]
+    widths: tuple[int, ...]
+    epochs: int
+    batch_size: int
+    validation_fraction: float
+    split_seed: int
+    accuracy: dict[str, list[list[float]]] = field(default_factory=dict)
+    chosen: dict[str, float] = field(default_factory=dict)
+
+    def mean_accuracy(self, variant: str) -> np.ndarray:
+        """Mean validation accuracy over the seeds, one value per learning rate."""
+        return np.asarray(self.accuracy[variant]).mean(axis=1)
+
+
+
+def select_learning_rates(
+    data: DigitsData,
+    *,
+    variants: Sequence[str] = TRAINED_VARIANTS,
+    lrs: Sequence[float] = LR_GRID,
+    seeds: Sequence[int] = (100, 101, 102),
+    widths: Sequence[int] = (64, 64, 64, 64),
+    epochs: int = 20,
+    batch_size: int = 128,
+    validation_fraction: float = 0.2,
+    split_seed: int = 0,
+    progress: bool | None = None,
+    threads: int | None = 1,
+) -> LRSelection:
+    """Choose each variant's learning rate on a validation split of the training set.
+
+    Every ``(variant, lr, seed)`` is trained on the training set minus the validation split
+    (:func:`split_validation`) and scored on the validation split; the rate with the best
+    mean over ``seeds`` wins. The seeds default to ones the final runs do not use.
+    """
+    if "none" in variants:
+        raise ValueError("the 'none' variant trains nothing and has no learning rate")
+    split = split_validation(data, validation_fraction, split_seed)
+    selection = LRSelection(
+        lrs=tuple(float(r) for r in lrs), seeds=tuple(seeds), widths=tuple(widths),
+        epochs=epochs, batch_size=batch_size, validation_fraction=validation_fraction,
+        split_seed=split_seed,
+    )
+    tqdm = _tqdm()
+    show = (not quiet()) if progress is None else progress
+    runs = [(v, r, s) for v in variants for r in selection.lrs for s in selection.seeds]
+    scores: dict[tuple[str, float, int], float] = {}
+    with torch_threads(threads):
+        for variant, rate, seed in tqdm(runs, desc="learning-rate selection", disable=not show):
+            model, _ = _run_variant(split, variant, seed, widths=widths, epochs=epochs,
+                                    batch_size=batch_size, lr=rate)
+            scores[variant, rate, seed] = accuracy(model, split.x_test, split.y_test)
+    for variant in variants:
+        selection.accuracy[variant] = [
+            [scores[variant, r, s] for s in selection.seeds] for r in selection.lrs
+        ]
+        means = selection.mean_accuracy(variant)
+        selection.chosen[variant] = selection.lrs[int(np.argmax(means))]  # first max: smaller
+    return selection
 
 
 def bn_parameter_count(model: nn.Module) -> int:
@@ -386,3 +616,4 @@ def drift_while_frozen(
             drifts.append(drift())
             accuracies.append(accuracy(model, x_test, y_test))
     return DriftResult(np.arange(steps + 1), np.array(drifts), np.array(accuracies))
+

@@ -17,11 +17,13 @@ from bncourse.freezing import (
     count_values,
     freeze_batch_norm,
     is_frozen,
+    keras_update_moving_stats,
     reestimate_running_stats,
     running_mean_trajectories,
+    running_stat_trajectories,
     unfreeze_batch_norm,
 )
-from bncourse.functional import update_running_stats
+from bncourse.functional import keras_to_torch_momentum, update_running_stats
 from bncourse.layer import BatchNorm
 
 BN_CLASSES = [nn.BatchNorm1d, BatchNorm]
@@ -224,3 +226,50 @@ def test_torch_momentum_none_is_the_exercise_reference():
     err = max(np.max(np.abs(layer.running_mean.detach().numpy() - mean)),
               np.max(np.abs(layer.running_var.detach().numpy() - var)))
     assert err < 1e-12, f"torch's momentum=None and the exercise's reference differ by {err:.3g}"
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.3, None])
+def test_running_stat_trajectories_follow_the_update_rule_for_the_variance_too(momentum):
+    means, variances = running_stat_trajectories([momentum], batch_size=4, n_batches=20, seed=3)
+    assert np.array_equal(means, running_mean_trajectories([momentum], batch_size=4,
+                                                           n_batches=20, seed=3))
+    gen = torch.Generator().manual_seed(3)
+    data = 3.0 + 2.0 * torch.randn(20, 4, 1, generator=gen, dtype=torch.float64)
+    mean, var = np.zeros(1), np.ones(1)
+    for k in range(20):
+        factor = 1.0 / (k + 1) if momentum is None else momentum
+        mean, var = update_running_stats(mean, var, data[k].numpy(), factor)
+        assert abs(variances[0, k] - var[0]) < 1e-12, (
+            f"after {k + 1} batches the running variance is {variances[0, k]}, the rule "
+            f"gives {var[0]}"
+        )
+
+
+@pytest.mark.verifies("eq-parameters-keras")
+@pytest.mark.parametrize("shape", [(8, 3), (5, 2, 4), (2, 3, 3, 2)])
+def test_keras_update_agrees_on_the_mean_and_stores_the_biased_variance(shape):
+    rng = np.random.default_rng(sum(shape))
+    x = rng.normal(2.0, 3.0, shape)
+    c = shape[1]
+    m = x.size // c
+    start_mean, start_var = rng.normal(size=c), rng.uniform(0.5, 2.0, c)
+    rho = 0.9
+    k_mean, k_var = keras_update_moving_stats(start_mean, start_var, x, momentum=rho)
+    t_mean, t_var = update_running_stats(start_mean, start_var, x, keras_to_torch_momentum(rho))
+    assert np.allclose(k_mean, t_mean, rtol=1e-13, atol=1e-13), "means must agree"
+    # The batch's share of each update: Keras' biased variance is (m - 1)/m of PyTorch's.
+    ratio = (k_var - rho * start_var) / (t_var - rho * start_var)
+    assert np.allclose(ratio, (m - 1) / m, rtol=1e-12), f"ratio {ratio}, want {(m - 1) / m}"
+    # Independently: the formula written out with NumPy's biased variance.
+    axes = (0, *range(2, len(shape)))
+    want = rho * start_var + (1 - rho) * x.var(axis=axes)
+    assert np.allclose(k_var, want, rtol=1e-13)
+
+
+def test_keras_update_rejects_bad_input():
+    with pytest.raises(ValueError, match="old value"):
+        keras_update_moving_stats(np.zeros(2), np.ones(2), np.ones((4, 2)), momentum=1.0)
+    with pytest.raises(ValueError, match="shape"):
+        keras_update_moving_stats(np.zeros(3), np.ones(3), np.ones((4, 2)))
+    with pytest.raises(ValueError, match="shape"):
+        keras_update_moving_stats(np.zeros(2), np.ones(2), np.ones(4))

@@ -5,12 +5,17 @@ from __future__ import annotations
 import numpy as np
 
 from ..functional import update_running_stats
-from ._cases import running_stats_cases
 from .core import Case, ChoiceExercise, Exercise, FunctionExercise, Mistake, NumberExercise
 
 
+def _axes(batch):
+    return (0, *range(2, batch.ndim))
+
+
 def _batch_stats(batch):
-    return batch.mean(axis=0), batch.var(axis=0, ddof=1), batch.var(axis=0, ddof=0)
+    """Per-channel mean, unbiased and biased variance of a batch of shape (N, C, ...)."""
+    axes = _axes(batch)
+    return batch.mean(axis=axes), batch.var(axis=axes, ddof=1), batch.var(axis=axes, ddof=0)
 
 
 def _keras_convention(rm, rv, batch, momentum):
@@ -38,17 +43,54 @@ def _replaced(rm, rv, batch, momentum):
     return mean.copy(), unbiased.copy()
 
 
+def _bessel_over_n(rm, rv, batch, momentum):
+    # Bessel's factor N / (N - 1) from the batch size alone, not from m = N * H * W.
+    mean, _, biased = _batch_stats(batch)
+    n = batch.shape[0]
+    unbiased_wrong = biased * n / (n - 1)
+    return (1 - momentum) * rm + momentum * mean, (1 - momentum) * rv + momentum * unbiased_wrong
+
+
+def running_stats_cases() -> list[Case]:
+    """``(running_mean, running_var, batch, momentum)``: every rank from 2 to 5, C = 1 too."""
+    r = np.random.default_rng(20260303)
+    cases = []
+    for label, shape, momentum in (
+        ("a batch of shape (8, 3), momentum = 0.1", (8, 3), 0.1),
+        ("a tiny batch of shape (2, 3), momentum = 0.1", (2, 3), 0.1),
+        ("a sequence batch of shape (N, C, L) = (3, 4, 5), momentum = 0.3", (3, 4, 5), 0.3),
+        ("an image batch of shape (N, C, H, W) = (2, 3, 4, 5), momentum = 0.1", (2, 3, 4, 5),
+         0.1),
+        ("one channel: shape (4, 1, 3, 3), momentum = 0.2", (4, 1, 3, 3), 0.2),
+        ("a volume batch of shape (N, C, D, H, W) = (2, 2, 2, 3, 3), momentum = 0.1",
+         (2, 2, 2, 3, 3), 0.1),
+        ("a batch of shape (6, 2), momentum = 1.0 (keep only the new batch)", (6, 2), 1.0),
+    ):
+        c = shape[1]
+        running_mean = r.normal(0.0, 1.0, c)
+        running_var = r.uniform(0.5, 2.0, c)
+        batch = r.normal(2.0, 3.0, shape)
+        cases.append(Case(label, (running_mean, running_var, batch, momentum)))
+    return cases
+
+
 RUNNING_STATS = FunctionExercise(
     id="parameters.running_stats",
     chapter=3,
-    title="Update the running statistics",
+    title="Update the running statistics, for any layer",
     signature="update(running_mean, running_var, batch, momentum) -> (new_mean, new_var)",
     reference=lambda rm, rv, batch, momentum: update_running_stats(rm, rv, batch, momentum),
     cases=running_stats_cases,
     n_outputs=2,
     output_names=("new_mean", "new_var"),
-    hint="PyTorch's convention: new = (1 - momentum) * old + momentum * batch statistic, and "
-    "the batch variance stored is the unbiased one (divide by N - 1).",
+    hints=(
+        "A channel's statistics are taken over every axis but the channel axis 1: axis 0 "
+        "for (N, C), axes (0, 2) for (N, C, L), axes (0, 2, 3) for (N, C, H, W), and so on.",
+        "m is the number of values per channel, N times the sizes of the trailing axes; the "
+        "stored variance divides the sum of squared deviations by m - 1, not by N - 1.",
+        "PyTorch's momentum weights the new batch: new = (1 - momentum) * old + momentum * "
+        "(the batch's statistic).",
+    ),
     mistakes=(
         Mistake(
             "keras_convention",
@@ -60,14 +102,13 @@ RUNNING_STATS = FunctionExercise(
         Mistake(
             "biased_variance_stored",
             "the biased batch variance is stored: PyTorch normalizes with the biased variance "
-            "but puts the unbiased one (divide by N - 1) into running_var.",
+            "but puts the unbiased one (divide by m - 1) into running_var.",
             _biased_stored,
         ),
         Mistake(
             "keras_and_biased",
-            "two things: this is the Keras momentum convention (PyTorch's momentum weights the "
-            "new batch), and the biased variance is stored where PyTorch stores the unbiased "
-            "one.",
+            "this is Keras' update, momentum convention and biased variance both; PyTorch's "
+            "momentum weights the new batch and PyTorch stores the unbiased variance.",
             _keras_and_biased,
         ),
         Mistake(
@@ -82,6 +123,13 @@ RUNNING_STATS = FunctionExercise(
             "the running statistics are replaced by the batch's: they are an exponential "
             "moving average that keeps (1 - momentum) of the old value.",
             _replaced,
+        ),
+        Mistake(
+            "bessel_over_batch_size",
+            "the Bessel factor uses the batch size N: each channel's variance is taken over "
+            "m = N times the trailing sizes values, so the unbiased variance divides by m - 1 "
+            "(right for (N, C), wrong for (N, C, L) and images).",
+            _bessel_over_n,
         ),
     ),
 )
@@ -100,8 +148,12 @@ K_UPDATES = NumberExercise(
     title="The running mean after three batches",
     value=_TARGET * (1 - (1 - _ALPHA) ** _K),
     rtol=1e-4,
-    hint="Unroll new = (1 - momentum) * old + momentum * batch: after k updates from 0, the "
-    "running mean is batch * (1 - (1 - momentum)^k).",
+    hints=(
+        "Write one update out: new = (1 - momentum) * old + momentum * batch mean, with "
+        "PyTorch's momentum 0.1 weighting the new batch.",
+        "Apply it three times, starting from 0, or unroll it: after k updates the starting "
+        "value keeps the share (1 - momentum)^k.",
+    ),
     mistakes=(
         Mistake(
             "keras_convention",
@@ -139,31 +191,65 @@ K_UPDATES = NumberExercise(
 # Porting the momentum
 # --------------------------------------------------------------------------------------
 
+# PyTorch's BatchNorm1d(momentum=0.1) ported to Keras with the converted momentum 0.9. Both
+# start at variance 1; one batch of m = 5 values 1, 2, 3, 4, 5 (biased variance 2, unbiased
+# 2.5) in one channel.
+_PORT_VALUES = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+_BIASED, _UNBIASED = float(_PORT_VALUES.var()), float(_PORT_VALUES.var(ddof=1))
+
+
+def _keras_moving_var(rho: float, batch_var: float) -> float:
+    return rho * 1.0 + (1 - rho) * batch_var
+
+
 KERAS_MOMENTUM = NumberExercise(
     id="parameters.keras_momentum",
     chapter=3,
-    title="PyTorch's default momentum in Keras",
-    value=0.9,
-    hint="Write both updates out: Keras' momentum multiplies the old value, PyTorch's "
-    "multiplies the new batch.",
+    title="A PyTorch layer ported to Keras: the moving variance",
+    value=_keras_moving_var(0.9, _BIASED),
+    rtol=1e-6,
+    hints=(
+        "First convert the momentum: Keras' momentum is the weight of the old value, "
+        "PyTorch's the weight of the new batch.",
+        "Then: which batch variance does Keras put into moving_variance, the one that "
+        "divides by m or the one that divides by m - 1?",
+    ),
     mistakes=(
         Mistake(
-            "same_number",
-            "the same number means a different average: PyTorch's momentum weights the new "
-            "batch and Keras' weights the old value, so keras_momentum = 1 - torch_momentum.",
-            0.1,
+            "unbiased_like_torch",
+            "that is what PyTorch stores (the unbiased variance, 2.5 here); Keras stores the "
+            "biased batch variance, the one the layer normalizes with (divide by m).",
+            _keras_moving_var(0.9, _UNBIASED),
+        ),
+        Mistake(
+            "momentum_not_converted",
+            "the momentum 0.1 was ported unchanged: in Keras it weights the old value, so "
+            "0.1 keeps almost nothing but the last batch. The converted momentum is 1 - 0.1.",
+            _keras_moving_var(0.1, _BIASED),
+        ),
+        Mistake(
+            "momentum_not_converted_unbiased",
+            "two things: the momentum 0.1 was ported unchanged (Keras' momentum weights the "
+            "old value: use 1 - 0.1), and Keras stores the biased variance, not the unbiased.",
+            _keras_moving_var(0.1, _UNBIASED),
         ),
         Mistake(
             "keras_default",
-            "0.99 is Keras' default, which is PyTorch's 0.01, ten times slower than "
-            "PyTorch's default: keras_momentum = 1 - torch_momentum.",
-            0.99,
+            "0.99 is Keras' default momentum, PyTorch's 0.01; the layer being ported uses "
+            "PyTorch's 0.1, which is Keras' 1 - 0.1.",
+            _keras_moving_var(0.99, _BIASED),
         ),
         Mistake(
-            "torch_of_keras_default",
-            "0.01 is what Keras' default 0.99 becomes in PyTorch; the question goes the other "
-            "way: keras_momentum = 1 - torch_momentum.",
-            0.01,
+            "replaced",
+            "the moving variance is not replaced by the batch's: it keeps the momentum's share "
+            "of the old value 1.",
+            _BIASED,
+        ),
+        Mistake(
+            "replaced_unbiased",
+            "the moving variance is not replaced by the batch's (it keeps the momentum's share "
+            "of the old value 1), and Keras stores the biased variance.",
+            _UNBIASED,
         ),
     ),
 )
@@ -173,41 +259,60 @@ KERAS_MOMENTUM = NumberExercise(
 # --------------------------------------------------------------------------------------
 
 # Linear(64, 32) -> BatchNorm1d(32) -> ReLU -> Linear(32, 16) -> BatchNorm1d(16) -> ReLU
-# -> Linear(16, 10)
+# -> Linear(16, 10), with gamma and beta of the first BN layer frozen (requires_grad False).
 _BN_WIDTHS = (32, 16)
+_STATS = 2 * sum(_BN_WIDTHS)          # running means and variances: 96
+_FROZEN = 2 * _BN_WIDTHS[0]           # gamma and beta of the first BN layer: 64
 
 NON_TRAINABLE = NumberExercise(
     id="parameters.non_trainable",
     chapter=3,
     title="Count the non-trainable values",
-    value=2 * sum(_BN_WIDTHS),
-    hint="Per BN layer with C channels: which of its tensors does the optimizer move, which "
-    "are moved by the moving average, and which one is a counter?",
+    value=_STATS + _FROZEN,
+    hints=(
+        "Two kinds of values are non-trainable: buffers the optimizer never sees, and "
+        "parameters whose requires_grad is off.",
+        "Per BN layer with C channels: which of its tensors are buffers, and which one of "
+        "them is a counter rather than a value? Then add the frozen parameters.",
+    ),
     mistakes=(
+        Mistake(
+            "frozen_parameters_forgotten",
+            "the running statistics are counted, but the frozen gamma and beta of the first "
+            "BN layer are non-trainable too: requires_grad=False moves a parameter to the "
+            "non-trainable count.",
+            _STATS,
+        ),
+        Mistake(
+            "buffers_forgotten",
+            "the frozen gamma and beta are counted, but the running mean and running variance "
+            "of both BN layers are non-trainable values too (buffers).",
+            _FROZEN,
+        ),
         Mistake(
             "counter_counted",
             "num_batches_tracked is a counter of forward passes, not a value of the model: "
-            "count only the running mean and the running variance, C values each per layer.",
-            2 * sum(_BN_WIDTHS) + len(_BN_WIDTHS),
+            "count only the running mean and the running variance, C values each per layer, "
+            "plus the frozen parameters.",
+            _STATS + _FROZEN + len(_BN_WIDTHS),
         ),
         Mistake(
-            "gamma_beta_counted",
-            "gamma and beta are trainable (the optimizer moves them through their gradients); "
-            "only the running mean and running variance are non-trainable.",
-            4 * sum(_BN_WIDTHS),
+            "all_gamma_beta_counted",
+            "the second BN layer's gamma and beta still train (only the first layer's were "
+            "frozen): they are trainable.",
+            _STATS + 2 * sum(_BN_WIDTHS),
         ),
         Mistake(
             "one_statistic",
             "each BN layer stores two running statistics, the mean and the variance, C values "
             "each.",
-            sum(_BN_WIDTHS),
+            sum(_BN_WIDTHS) + _FROZEN,
         ),
         Mistake(
-            "buffers_not_counted",
-            "the running mean and running variance are not parameters (model.parameters() "
-            "does not list them), but they are values of the model that the optimizer does not "
-            "move: they are the non-trainable ones (model.buffers()).",
-            0,
+            "only_trainable_gamma_beta",
+            "that is the number of gamma and beta values that still train; the question asks "
+            "for the non-trainable values: running statistics and frozen parameters.",
+            2 * _BN_WIDTHS[1],
         ),
     ),
 )
@@ -230,8 +335,12 @@ FREEZE_CHOICE = ChoiceExercise(
         "e": "bn.momentum = 0.0 and requires_grad_(False) on bn.weight and bn.bias",
     },
     answer="d",
-    hint="Two things must stop: the optimizer moving gamma and beta, and the forward pass "
-    "moving the running statistics; and the layer must normalize with the stored statistics.",
+    hints=(
+        "Two things must stop: the optimizer moving gamma and beta, and the forward pass "
+        "moving the running statistics.",
+        "And the layer must normalize with its stored statistics. What does model.train() do "
+        "to every submodule's mode?",
+    ),
     mistakes=(
         Mistake(
             "requires_grad_only",
@@ -336,9 +445,13 @@ CUMULATIVE = FunctionExercise(
     cases=cumulative_cases,
     n_outputs=2,
     output_names=("running_mean", "running_var"),
-    hint="With momentum=None the k-th update uses momentum 1/k, starting from (0, 1): the "
-    "result is the plain average, over the batches, of each batch's mean and of each "
-    "batch's unbiased variance.",
+    hints=(
+        "With momentum=None the k-th update uses momentum 1/k, starting from (0, 1).",
+        "So the first update discards the starting values, and the result is a plain average "
+        "over the batches, each batch weighted equally.",
+        "Average each batch's mean and each batch's unbiased variance (divide by that batch's "
+        "size minus 1), not the statistics of all rows pooled.",
+    ),
     mistakes=(
         Mistake(
             "pooled_statistics",
@@ -374,6 +487,98 @@ CUMULATIVE = FunctionExercise(
     ),
 )
 
+# --------------------------------------------------------------------------------------
+# Reasoning: train mode inside torch.no_grad()
+# --------------------------------------------------------------------------------------
+
+NO_GRAD_TRAIN = ChoiceExercise(
+    id="parameters.no_grad_train",
+    chapter=3,
+    title="Train mode inside torch.no_grad()",
+    options={
+        "a": "No: inside torch.no_grad() nothing is updated, because no gradient is computed.",
+        "b": "Yes: the layer is in training mode, so each forward pass moves the running "
+        "statistics towards the batch's; torch.no_grad() only stops gradient recording.",
+        "c": "No: the running statistics change only when an optimizer step is taken.",
+        "d": "Yes, and the outputs are normalized with the running statistics, as in "
+        "evaluation.",
+    },
+    answer="b",
+    hints=(
+        "Which mechanism moves the running statistics: the optimizer, or the forward pass in "
+        "training mode?",
+        "What does torch.no_grad() switch off, and does it change module.training?",
+    ),
+    mistakes=(
+        Mistake(
+            "no_grad_stops_updates",
+            "torch.no_grad() stops autograd from recording the graph, nothing else; the running "
+            "statistics never needed a gradient. The layer is still in training mode, so "
+            "every forward pass updates them.",
+            "a",
+        ),
+        Mistake(
+            "learned_by_optimizer",
+            "the running mean and variance are buffers, not parameters: no optimizer touches "
+            "them. The forward pass in training mode moves them, with or without an optimizer.",
+            "c",
+        ),
+        Mistake(
+            "no_grad_is_eval",
+            "the statistics do move, but in training mode the layer normalizes with the "
+            "batch's own statistics; only eval() makes it use the running ones, and "
+            "torch.no_grad() does not call eval().",
+            "d",
+        ),
+    ),
+)
+
+# --------------------------------------------------------------------------------------
+# Reasoning: a network "frozen" with requires_grad=False, run in train mode
+# --------------------------------------------------------------------------------------
+
+FROZEN_DRIFT = ChoiceExercise(
+    id="parameters.frozen_drift",
+    chapter=3,
+    title="A frozen network in train mode",
+    options={
+        "a": "It stays the same: with requires_grad=False on every parameter, nothing in the "
+        "network can change.",
+        "b": "It drops, because gamma and beta still receive gradients and move.",
+        "c": "It drops, because each BN layer's running statistics move towards those of the "
+        "new inputs, and evaluation normalizes with them.",
+        "d": "It stays the same, because the accuracy is measured in eval mode, which is not "
+        "affected by what happened in train mode.",
+    },
+    answer="c",
+    hints=(
+        "List the tensors of a BN layer, and for each one what moves it.",
+        "Does anything move a BN layer's tensors without a gradient? And which of them does "
+        "eval mode read?",
+    ),
+    mistakes=(
+        Mistake(
+            "requires_grad_freezes_all",
+            "requires_grad=False stops the optimizer, but the running mean and variance are "
+            "buffers moved by every training-mode forward pass, with no gradient involved.",
+            "a",
+        ),
+        Mistake(
+            "gamma_beta_move",
+            "with requires_grad=False gamma and beta get no gradient, and there is no "
+            "optimizer here anyway; what moves is what needs neither: the running statistics.",
+            "b",
+        ),
+        Mistake(
+            "eval_unaffected",
+            "eval mode is exactly where the damage shows: it normalizes with the running "
+            "statistics, which the train-mode passes over the new inputs have moved.",
+            "d",
+        ),
+    ),
+)
+
 EXERCISES: list[Exercise] = [
     RUNNING_STATS, K_UPDATES, KERAS_MOMENTUM, NON_TRAINABLE, FREEZE_CHOICE, CUMULATIVE,
+    NO_GRAD_TRAIN, FROZEN_DRIFT,
 ]
