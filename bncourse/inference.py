@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +40,11 @@ __all__ = [
     "fold_model",
     "population_statistics",
     "reestimate_running_stats",
+    "float32_fold_error",
+    "train_digits_model",
+    "train_eval_gap",
+    "GapResult",
+    "fold_benchmark",
 ]
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -250,3 +256,215 @@ def reestimate_running_stats(model: nn.Module, batches: Iterable[Tensor]) -> nn.
 
     with torch.no_grad():
         return _reestimate(model, batches)
+
+
+# --------------------------------------------------------------------------------------
+# The measurements of chapter 5
+# --------------------------------------------------------------------------------------
+
+
+def float32_fold_error(
+    offset: float = 0.0, log10_spread: float = 0.0, fold_in_float64: bool = False,
+    channels: int = 32, seed: int = 0,
+) -> tuple[float, float]:
+    """The float32 error of a ``Conv2d -> BN`` pair, folded and unfolded, in eval mode.
+
+    A ``Conv2d(16, channels, 3)`` whose outputs sit at ``offset`` (added to its bias) is
+    followed by a BN with the exact statistics of those outputs and a per-channel scale
+    ``a`` drawn log-uniformly from $[10^{-s}, 10^{s}]$, ``s = log10_spread``. The reference
+    is the float64 evaluation of the float32 parameters; the error of each float32 model is
+    the largest over channels of ``max|y - y_ref| / max|y_ref|`` within the channel. The
+    fold is computed in float32, or in float64 and then rounded (``fold_in_float64``).
+    Returns ``(folded error, unfolded error)``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(16, channels, 3, padding=1, dtype=torch.float64)
+    x = torch.randn(8, 16, 8, 8, generator=g, dtype=torch.float64)
+    bn = nn.BatchNorm2d(channels, dtype=torch.float64)
+    with torch.no_grad():
+        conv.bias.add_(offset)
+        z = conv(x)
+        var, mean = torch.var_mean(z, dim=(0, 2, 3))
+        a = 10 ** ((torch.rand(channels, generator=g, dtype=torch.float64) * 2 - 1)
+                   * log10_spread)
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var)
+        bn.weight.copy_(a * torch.sqrt(var + bn.eps))
+        bn.bias.copy_(torch.randn(channels, generator=g, dtype=torch.float64))
+    bn.eval()
+    conv32, bn32 = copy.deepcopy(conv).float(), copy.deepcopy(bn).float()
+    x32 = x.float()
+    with torch.no_grad():
+        ref = copy.deepcopy(bn32).double()(copy.deepcopy(conv32).double()(x32.double()))
+        if fold_in_float64:
+            folded = fold_batch_norm(conv32.double(), bn32.double()).float()
+            conv32, bn32 = conv32.float(), bn32.float()
+        else:
+            folded = fold_batch_norm(conv32, bn32)
+        errors = []
+        for y in (folded(x32), bn32(conv32(x32))):
+            scale = ref.abs().amax(dim=(0, 2, 3))
+            errors.append(float(((y.double() - ref).abs().amax(dim=(0, 2, 3)) / scale).max()))
+    return errors[0], errors[1]
+
+
+@dataclass
+class GapResult:
+    """Accuracies (in %) of one trained digits model, evaluated three ways."""
+
+    train_mode: float  # batch statistics of test batches of the training batch size
+    running: float  # eval mode, the running statistics left by training
+    precise: float  # eval mode, after re-estimating the statistics on training batches
+    precise_biased: float  # the same with the biased (divide-by-m) variance stored, as Keras does
+    mean_gap: float  # max over layers and channels of |running - population| / population std
+    var_ratio: float  # max over layers and channels of running_var / population var (or inverse)
+
+
+def train_digits_model(
+    momentum: float | None, lr: float, epochs: int, seed: int = 0, batch_size: int = 32,
+    decay: bool = False, data=None,
+) -> nn.Sequential:
+    """An MLP ``64 -> 128 -> 128 -> 10`` with BN, trained on the digits with SGD (momentum 0.9).
+
+    ``momentum`` is BN's; the learning rate ``lr`` is constant, or decays linearly to 0
+    over training (``decay``). One thread, seeded: the same arguments give the same model.
+    """
+    from .training import load_digits_data, make_mlp, minibatches, torch_threads
+
+    data = data if data is not None else load_digits_data()
+    with torch_threads(1):
+        model = make_mlp((128, 128), seed=seed, bias_before_bn=False)
+        for m in model.modules():
+            if _is_batch_norm(m):
+                m.momentum = momentum
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+        gen = torch.Generator().manual_seed(seed)
+        steps = epochs * (data.x_train.shape[0] // batch_size + 1)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: max(0.0, 1 - s / steps) if decay else 1.0)
+        loss_fn = nn.CrossEntropyLoss()
+        model.train()
+        for _ in range(epochs):
+            for xb, yb in minibatches(data.x_train, data.y_train, batch_size, gen):
+                opt.zero_grad()
+                loss_fn(model(xb), yb).backward()
+                opt.step()
+                sched.step()
+    return model
+
+
+def train_eval_gap(model: nn.Sequential, data=None, batch_size: int = 32,
+                   n_batches: int | None = None, seed: int = 99) -> GapResult:
+    """The three accuracies of :class:`GapResult` for a trained ``model`` (left unchanged).
+
+    Precise BN uses ``n_batches`` shuffled training batches of ``batch_size`` (all of one
+    epoch when None, the last one dropped when it is smaller, so that every batch has the
+    same size ``m`` and Algorithm 2 applies as written).
+    """
+    from .freezing import batch_norm_layers
+    from .training import accuracy, load_digits_data, minibatches, torch_threads
+
+    data = data if data is not None else load_digits_data()
+    with torch_threads(1), torch.no_grad():
+        work = copy.deepcopy(model).train()
+        correct = 0
+        for start in range(0, data.x_test.shape[0], batch_size):
+            xb, yb = data.x_test[start:start + batch_size], data.y_test[start:start + batch_size]
+            if xb.shape[0] > 1:
+                correct += int((work(xb).argmax(1) == yb).sum())
+        train_mode = 100 * correct / data.x_test.shape[0]
+        running = 100 * accuracy(model, data.x_test, data.y_test)
+        batches = [xb for xb, _ in minibatches(data.x_train, data.y_train, batch_size,
+                                               torch.Generator().manual_seed(seed))
+                   if xb.shape[0] == batch_size]
+        batches = batches[:n_batches] if n_batches is not None else batches
+        population = population_statistics(model, batches)
+        precise_model = reestimate_running_stats(copy.deepcopy(model), batches)
+        precise = 100 * accuracy(precise_model, data.x_test, data.y_test)
+        m = batches[0].shape[0]
+        for layer in batch_norm_layers(precise_model):
+            layer.running_var.mul_((m - 1) / m)
+        precise_biased = 100 * accuracy(precise_model, data.x_test, data.y_test)
+        names = {id(m): n for n, m in model.named_modules()}
+        mean_gap, var_ratio = 0.0, 1.0
+        for layer in batch_norm_layers(model):
+            mu, var = population[names[id(layer)]]
+            mean_gap = max(mean_gap, float(((layer.running_mean - mu).abs() / var.sqrt()).max()))
+            ratio = layer.running_var / var
+            var_ratio = max(var_ratio, float(torch.maximum(ratio, 1 / ratio).max()))
+    return GapResult(train_mode, running, precise, precise_biased, mean_gap, var_ratio)
+
+
+def fold_benchmark(repeats: int = 30, batch: int = 32, seed: int = 0) -> dict:
+    """Eval-mode time of a small conv net, with BN and with BN folded (one thread, float32).
+
+    The net is three ``Conv2d(3x3) -> BN -> ReLU`` blocks (16, 32, 64 channels) on
+    ``batch`` 3x32x32 inputs, then a linear layer. Each repetition times both models once,
+    in alternating order; the result holds the median of each and the median of the paired
+    ratios ``t_folded / t_unfolded``.
+    """
+    import statistics
+    import time
+
+    from .training import torch_threads
+
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    previous = 3
+    for width in (16, 32, 64):
+        layers += [nn.Conv2d(previous, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                   nn.ReLU()]
+        previous = width
+    model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+    x = torch.randn(batch, 3, 32, 32)
+    with torch.no_grad():
+        model.train()(x)
+    model.eval()
+    folded = fold_model(model)
+    times: dict[str, list[float]] = {"unfolded": [], "folded": []}
+    with torch_threads(1), torch.no_grad():
+        for _ in range(3):
+            model(x)
+            folded(x)
+        for i in range(repeats):
+            order = [("unfolded", model), ("folded", folded)]
+            for name, net in order if i % 2 == 0 else order[::-1]:
+                start = time.perf_counter()
+                net(x)
+                times[name].append(time.perf_counter() - start)
+        max_gap = float((folded(x) - model(x)).abs().max())
+    ratios = [f / u for f, u in zip(times["folded"], times["unfolded"], strict=True)]
+    return {
+        "model": "3 x (Conv2d 3x3 -> BatchNorm2d -> ReLU), 16/32/64 channels, then Linear",
+        "input": [batch, 3, 32, 32],
+        "dtype": "float32",
+        "threads": 1,
+        "repeats": repeats,
+        "unfolded_ms": 1e3 * statistics.median(times["unfolded"]),
+        "folded_ms": 1e3 * statistics.median(times["folded"]),
+        "ratio_folded_to_unfolded": statistics.median(ratios),
+        "max_abs_output_difference": max_gap,
+        "torch": torch.__version__,
+    }
+
+
+def _main(argv: list[str] | None = None) -> None:
+    import argparse
+    import json
+    import platform
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="python -m bncourse.inference")
+    parser.add_argument("command", choices=["bench"])
+    parser.add_argument("--repeats", type=int, default=60)
+    parser.add_argument("--out", default=str(Path("book") / "data" / "fold_bench.json"))
+    args = parser.parse_args(argv)
+    result = fold_benchmark(repeats=args.repeats)
+    result["machine"] = f"{platform.machine()} {platform.processor() or ''}".strip()
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    _main()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import formula, gradients, invariance, parameters
+from . import _cases, formula, gradients, inference, invariance, parameters
 from .core import (
     FAILED,
     NOT_ATTEMPTED,
@@ -50,11 +50,13 @@ __all__ = [
 
 def _collect() -> dict[str, Exercise]:
     registry: dict[str, Exercise] = {}
-    for module in (formula, gradients, parameters, invariance):
+    for module in (formula, gradients, parameters, invariance, inference):
         for exercise in module.EXERCISES:
             if exercise.id in registry:
                 raise RuntimeError(f"two exercises share the id {exercise.id!r}")
             registry[exercise.id] = exercise
+            if isinstance(exercise, FunctionExercise) and exercise.rule is None:
+                exercise.rule = _cases.RULES.get(exercise.id)
     return registry
 
 
