@@ -31,6 +31,8 @@ __all__ = [
     "norm_rel_error",
     "constants_gradient",
     "constants_error_vs_batch",
+    "constants_error_vs_amplitude",
+    "float32_rounding_limits",
     "saved_bytes_by_variant",
     "traffic_per_element",
     "load_bench",
@@ -83,6 +85,32 @@ def fd_error_sweep(
     return np.array(errors)
 
 
+def float32_rounding_limits(x: np.ndarray, gamma: np.ndarray, dy: np.ndarray,
+                            eps: float = 1e-5) -> dict[str, float]:
+    """The float32 scales behind the round-off branch of a central-difference sweep.
+
+    * ``max_abs_x``, ``x_spacing``: the largest $|x_k|$ and the float32 spacing there;
+      $x_k \\pm h$ rounds to $x_k$ for $h$ below ``x_spacing / 2``.
+    * ``f``, ``f_spacing``: the loss $f(x) = \\sum dy\\,y$ in float32 and its spacing;
+      $f(x + h e_k)$ and $f(x - h e_k)$ round to the same number when their true difference
+      $2h\\,|dx_k|$ is below about ``f_spacing / 2``.
+    * ``min_abs_dx``: the smallest $|dx_k|$ (float64), so that ``f_spacing / (4 min_abs_dx)``
+      is the step below which some difference quotient is expected to be exactly zero.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    _, cache = batch_norm_forward(x, gamma, np.zeros_like(gamma), eps)
+    dx, _, _ = batch_norm_backward(dy, cache)
+    f32 = np.float32(_loss(x, gamma, dy, eps, np.float32))
+    max_abs_x = float(np.max(np.abs(x)))
+    return {
+        "max_abs_x": max_abs_x,
+        "x_spacing": float(np.spacing(np.float32(max_abs_x))),
+        "f": float(f32),
+        "f_spacing": float(np.spacing(np.abs(f32))),
+        "min_abs_dx": float(np.min(np.abs(dx))),
+    }
+
+
 def norm_rel_error(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
     """$\\lVert a - b\\rVert / \\lVert b\\rVert$: how far ``a`` is from the reference ``b``."""
     a = np.asarray(a.detach() if isinstance(a, torch.Tensor) else a, dtype=np.float64)
@@ -122,13 +150,13 @@ def _true_gradient(x: torch.Tensor, gamma: torch.Tensor, dy: torch.Tensor,
 
 
 def constants_error_vs_batch(
-    sizes: Sequence[int], seed: int = 0, channels: int = 16
+    sizes: Sequence[int], seed: int = 0, channels: int = 16, shift_noise: float = 0.1
 ) -> dict[str, np.ndarray]:
     """$\\lVert dx_{\\text{const}} - dx\\rVert / \\lVert dx\\rVert$ per batch size $m$.
 
-    ``"random"``: $dy$ is standard normal noise. ``"shift"``: $dy = 1 + 0.1\\,\\text{noise}$,
-    a loss that mostly asks every output of a channel to move the same way (which the mean
-    subtraction cancels). Inputs are float64, $\\gamma = 1$.
+    ``"random"``: $dy$ is standard normal noise. ``"shift"``: $dy = 1 + a\\,\\text{noise}$
+    with $a$ = ``shift_noise``, a loss that mostly asks every output of a channel to move the
+    same way (which the mean subtraction cancels). Inputs are float64, $\\gamma = 1$.
     """
     gen = torch.Generator().manual_seed(seed)
     gamma = torch.ones(channels, dtype=torch.float64)
@@ -136,11 +164,32 @@ def constants_error_vs_batch(
     for m in sizes:
         x = 3.0 + 2.0 * torch.randn(m, channels, generator=gen, dtype=torch.float64)
         noise = torch.randn(m, channels, generator=gen, dtype=torch.float64)
-        for name, dy in (("random", noise), ("shift", 1.0 + 0.1 * noise)):
+        for name, dy in (("random", noise), ("shift", 1.0 + shift_noise * noise)):
             wrong = constants_gradient(x, gamma, dy)
             right = _true_gradient(x, gamma, dy)
             out[name].append(norm_rel_error(wrong, right))
     return {k: np.array(v) for k, v in out.items()}
+
+
+def constants_error_vs_amplitude(
+    amplitudes: Sequence[float], m: int = 1024, seed: int = 0, channels: int = 16
+) -> np.ndarray:
+    """The error of the "constants" gradient for $dy = 1 + a\\,\\text{noise}$, per amplitude $a$.
+
+    The true gradient removes the shared 1 and keeps only the noise, of size about $a$; the
+    wrong one keeps the 1, so their relative difference is about $1/a$ for large $m$.
+    """
+    if any(not a > 0 for a in amplitudes):
+        raise ValueError(f"noise amplitudes must be positive; got {list(amplitudes)}")
+    gen = torch.Generator().manual_seed(seed)
+    gamma = torch.ones(channels, dtype=torch.float64)
+    x = 3.0 + 2.0 * torch.randn(m, channels, generator=gen, dtype=torch.float64)
+    noise = torch.randn(m, channels, generator=gen, dtype=torch.float64)
+    return np.array([
+        norm_rel_error(constants_gradient(x, gamma, 1.0 + a * noise),
+                       _true_gradient(x, gamma, 1.0 + a * noise))
+        for a in amplitudes
+    ])
 
 
 # --------------------------------------------------------------------------------------

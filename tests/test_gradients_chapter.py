@@ -102,10 +102,32 @@ def test_constants_gradient_equals_the_direct_path_only():
     assert torch.allclose(got, want, rtol=1e-12, atol=0), (got - want).abs().max()
 
 
-def test_constants_error_shrinks_for_noise_and_stays_near_ten_for_a_shift():
-    errors = analysis.constants_error_vs_batch([16, 1024], seed=0)
+def test_constants_error_shrinks_for_noise_and_stays_near_one_over_the_noise_for_a_shift():
+    errors = analysis.constants_error_vs_batch([16, 1024], seed=0, shift_noise=0.1)
     assert errors["random"][1] < errors["random"][0] / 3, errors["random"]
     assert 5.0 < errors["shift"][1] < 20.0, errors["shift"]
+    other = analysis.constants_error_vs_batch([1024], seed=0, shift_noise=0.02)
+    assert 25.0 < other["shift"][0] < 100.0, "the error of a shared shift is set by 1/a"
+
+
+def test_constants_error_for_a_shared_shift_is_one_over_the_noise_amplitude():
+    amplitudes = np.array([0.01, 0.1, 1.0])
+    errors = analysis.constants_error_vs_amplitude(amplitudes, m=1024)
+    np.testing.assert_allclose(errors, 1.0 / amplitudes, rtol=0.05)
+    with pytest.raises(ValueError, match="positive"):
+        analysis.constants_error_vs_amplitude([0.1, 0.0])
+
+
+def test_float32_rounding_limits_are_the_spacings_of_x_and_f():
+    x, gamma, dy = _small_batch()
+    lim = analysis.float32_rounding_limits(x, gamma, dy)
+    assert lim["max_abs_x"] == np.abs(x).max()
+    assert np.float32(lim["max_abs_x"]) + np.float32(lim["x_spacing"]) != np.float32(
+        lim["max_abs_x"])
+    assert np.float32(lim["max_abs_x"]) + np.float32(0.49 * lim["x_spacing"]) == np.float32(
+        lim["max_abs_x"]), "below half the spacing, x + h rounds to x"
+    assert lim["f_spacing"] == np.spacing(np.float32(abs(lim["f"])))
+    assert 0 < lim["min_abs_dx"]
 
 
 # --------------------------------------------------------------------------------------
@@ -175,22 +197,40 @@ def test_achieved_bandwidth_is_bytes_over_time(tmp_path):
 
 
 def test_figures_have_titles_and_labelled_axes(tmp_path):
+    from bncourse.plotting import COLORS, MAX_WIDTH
     from bncourse.plotting import gradients as plots
 
     x, gamma, dy = _small_batch()
     hs = np.logspace(-10, -1, 6)
     figs = [
-        plots.plot_fd_sweep(hs, analysis.fd_error_sweep(x, gamma, dy, hs)),
-        plots.plot_constants_error([8, 16], analysis.constants_error_vs_batch([8, 16])),
+        plots.plot_fd_sweep(hs, analysis.fd_error_sweep(x, gamma, dy, hs), x_rounds_below=1e-7),
+        plots.plot_constants_error([8, 16], analysis.constants_error_vs_batch([8, 16]),
+                                   [0.1, 1.0], analysis.constants_error_vs_amplitude([0.1, 1.0])),
         plots.plot_cost(analysis.load_bench(_bench(tmp_path))),
     ]
     for fig in figs:
+        assert fig.get_figwidth() <= MAX_WIDTH
         for ax in fig.axes:
             assert ax.get_title(), "every panel states its finding in a title"
             assert ax.get_xlabel() and ax.get_ylabel(), f"unlabelled axes in {ax.get_title()!r}"
+    assert len(figs[1].axes) == 2, "the error against m, and against the noise amplitude"
+    assert "2 threads" in figs[2].get_suptitle()
+    one = json.loads(_bench(tmp_path).read_text())
+    one["machine"]["threads"] = 1
+    (tmp_path / "one.json").write_text(json.dumps(one))
+    suptitle = plots.plot_cost(analysis.load_bench(tmp_path / "one.json")).get_suptitle()
+    assert "1 thread," in suptitle, suptitle
+    assert not figs[2].axes[0].get_legend(), "the legend sits outside the panels"
     graph = plots.plot_forward_graph()
+    assert graph.get_figwidth() <= MAX_WIDTH
     assert graph.axes[0].get_title()
     assert len(graph.axes[0].texts) >= 9
+    colours = {t.get_text(): t.get_bbox_patch().get_edgecolor() for t in graph.axes[0].texts
+               if t.get_bbox_patch() is not None}
+    from matplotlib.colors import to_rgba
+
+    mu = next(c for k, c in colours.items() if "mu_B =" in k)
+    assert mu == to_rgba(COLORS["train"]), "batch statistics in the batch-statistics colour"
 
 
 # --------------------------------------------------------------------------------------

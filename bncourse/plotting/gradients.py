@@ -12,17 +12,18 @@ from . import COLORS, new_figure
 
 __all__ = ["plot_forward_graph", "plot_fd_sweep", "plot_constants_error", "plot_cost"]
 
-# Node name -> (x, y, label, colour key) of the forward graph.
+# Node name -> (x, y, label, colour key) of the forward graph. The batch statistics are drawn
+# in the colour of training mode (batch statistics) used in every chapter.
 _NODES: dict[str, tuple[float, float, str, str]] = {
     "x": (0.0, 1.0, r"$x$", "input"),
-    "mu": (1.6, 2.2, r"$\mu_B = \frac{1}{m}\sum_i x_i$", "running"),
-    "c": (3.2, 1.0, r"$c = x - \mu_B$", "theory"),
-    "v": (4.4, 2.2, r"$\sigma_B^2 = \frac{1}{m}\sum_i c_i^2$", "running"),
-    "s": (6.6, 2.2, r"$s = (\sigma_B^2 + \epsilon)^{-1/2}$", "running"),
-    "xhat": (6.6, 1.0, r"$\hat{x} = c\,s$", "normalized"),
-    "gamma": (8.4, 2.2, r"$\gamma,\ \beta$", "bncourse"),
-    "y": (8.4, 1.0, r"$y = \gamma\hat{x} + \beta$", "normalized"),
-    "L": (10.0, 1.0, r"$L$", "theory"),
+    "mu": (1.2, 2.3, r"$\mu_B = \frac{1}{m}\sum_i x_i$", "train"),
+    "c": (2.4, 1.0, r"$c = x - \mu_B$", "input"),
+    "v": (3.9, 2.3, r"$\sigma_B^2 = \frac{1}{m}\sum_i c_i^2$", "train"),
+    "s": (6.3, 2.3, r"$s = (\sigma_B^2 + \epsilon)^{-1/2}$", "train"),
+    "xhat": (5.0, 1.0, r"$\hat{x} = c\,s$", "normalized"),
+    "gamma": (8.6, 2.3, r"$\gamma,\ \beta$", "theory"),
+    "y": (7.4, 1.0, r"$y = \gamma\hat{x} + \beta$", "normalized"),
+    "L": (9.3, 1.0, r"$L$", "theory"),
 }
 _EDGES: tuple[tuple[str, str], ...] = (
     ("x", "mu"), ("x", "c"), ("mu", "c"), ("c", "v"), ("v", "s"), ("c", "xhat"),
@@ -32,15 +33,15 @@ _EDGES: tuple[tuple[str, str], ...] = (
 
 def plot_forward_graph() -> Figure:
     """The training-mode forward pass as a graph: the nodes backpropagation visits in reverse."""
-    fig, ax = new_figure(width=9.0, height=2.9)
+    fig, ax = new_figure(width=7.0, height=3.3)
     ax.set_axis_off()
     ax.grid(False)
     boxes = {}
     for name, (x, y, label, colour) in _NODES.items():
         boxes[name] = ax.text(
-            x, y, label, ha="center", va="center", fontsize=10,
-            bbox={"boxstyle": "round,pad=0.35", "facecolor": "white",
-                  "edgecolor": COLORS[colour], "linewidth": 1.8},
+            x, y, label, ha="center", va="center", fontsize=11,
+            bbox={"boxstyle": "round,pad=0.3", "facecolor": "white",
+                  "edgecolor": COLORS[colour], "linewidth": 2.0},
         )
     for a, b in _EDGES:
         ax.annotate(
@@ -49,21 +50,26 @@ def plot_forward_graph() -> Figure:
                         "patchA": boxes[a].get_bbox_patch(),
                         "patchB": boxes[b].get_bbox_patch(), "shrinkA": 2, "shrinkB": 2},
         )
-    ax.text(5.0, 2.75, "top row: per-channel vectors (statistics, parameters)", ha="center",
-            fontsize=8, color="#555555")
-    ax.text(5.0, 0.35, "bottom row: tensors the size of the input", ha="center", fontsize=8,
-            color="#555555")
-    ax.set_xlim(-0.5, 10.5)
-    ax.set_ylim(0.1, 3.0)
-    ax.set_title(r"The forward graph: $x$ reaches $\hat{x}$ directly, through $\mu_B$, "
-                 r"and through $\sigma_B^2$")
+    ax.text(4.65, 3.0, "top: per-channel vectors (batch statistics, parameters)", ha="center",
+            fontsize=10, color="#444444")
+    ax.text(4.65, 0.3, "bottom: tensors the size of the input", ha="center", fontsize=10,
+            color="#444444")
+    ax.set_xlim(-0.4, 9.7)
+    ax.set_ylim(0.1, 3.2)
+    ax.set_title("The forward graph: $x$ reaches $\\hat{x}$ directly,\n"
+                 "through $\\mu_B$, and through $\\sigma_B^2$")
     return fig
 
 
 def plot_fd_sweep(hs: Sequence[float], errors64: Sequence[float],
-                  errors32: Sequence[float] | None = None) -> Figure:
-    """Central-difference error vs $h$: $O(h^2)$ truncation, $O(\\varepsilon/h)$ round-off."""
-    fig, ax = new_figure(width=7.0, height=4.2)
+                  errors32: Sequence[float] | None = None,
+                  x_rounds_below: float | None = None) -> Figure:
+    """Central-difference error vs $h$: $O(h^2)$ truncation, $O(\\varepsilon/h)$ round-off.
+
+    ``x_rounds_below``, when given, marks the step below which $x \\pm h$ rounds to $x$ in
+    float32 (half the float32 spacing at the largest $|x|$).
+    """
+    fig, ax = new_figure(width=7.0, height=4.6)
     hs = np.asarray(hs, dtype=float)
     e64 = np.asarray(errors64, dtype=float)
     ax.loglog(hs, e64, "o-", ms=3, color=COLORS["bncourse"], label="loss in float64")
@@ -76,21 +82,36 @@ def plot_fd_sweep(hs: Sequence[float], errors64: Sequence[float],
               label=r"$\propto h^2$ (truncation)")
     ax.loglog(hs, e64[k] * (hs[k] / hs), ":", color=COLORS["theory"], lw=1,
               label=r"$\propto 1/h$ (round-off)")
+    if x_rounds_below is not None:
+        ax.axvline(x_rounds_below, color=COLORS["input"], lw=1, ls="-.",
+                   label=r"float32: $x \pm h$ rounds to $x$ left of this line")
     ax.set_ylim(max(1e-13, 0.1 * e64.min()), 3.0)
     ax.set_xlabel("step $h$ of the central difference")
-    ax.set_ylabel("relative error of $dx$ (max over entries)")
+    ax.set_ylabel("relative error of $dx$\n(max over entries)")
     ax.set_title(f"Central differences are most accurate near h = {hs[k]:.0e} (float64);\n"
                  "a smaller step is worse, not better")
-    fig.legend(loc="outside lower center", ncols=4, fontsize=8)
+    fig.legend(loc="outside lower center", ncols=2)
     return fig
 
 
-def plot_constants_error(sizes: Sequence[int], errors: dict[str, Sequence[float]]) -> Figure:
-    """$\\lVert dx_{\\text{const}} - dx\\rVert / \\lVert dx\\rVert$ against the batch size $m$."""
-    fig, ax = new_figure(width=6.8, height=3.8)
+def plot_constants_error(
+    sizes: Sequence[int], errors: dict[str, Sequence[float]],
+    amplitudes: Sequence[float] | None = None, amplitude_errors: Sequence[float] | None = None,
+    shift_noise: float = 0.1,
+) -> Figure:
+    """$\\lVert dx_{\\text{const}} - dx\\rVert / \\lVert dx\\rVert$ against $m$ and the noise.
+
+    Top: against the batch size $m$, for random $dy$ and for $dy = 1 + a\\,$noise with
+    $a$ = ``shift_noise``. Bottom (when ``amplitudes`` is given): against the noise
+    amplitude $a$ of the shared shift, with the line $1/a$.
+    """
+    two = amplitudes is not None and amplitude_errors is not None
+    fig, axes = new_figure(nrows=2 if two else 1, width=7.0, height=7.2 if two else 4.0)
+    ax = axes[0] if two else axes
     m = np.asarray(sizes, dtype=float)
     styles = {"random": ("o-", COLORS["input"], r"random upstream $dy$"),
-              "shift": ("s-", COLORS["torch"], r"$dy = 1 + 0.1\cdot$noise (a common shift)")}
+              "shift": ("s-", COLORS["torch"],
+                        rf"$dy = 1 + {shift_noise:g}\cdot$noise (a shared shift)")}
     for name, values in errors.items():
         marker, colour, label = styles.get(name, ("^-", COLORS["theory"], name))
         ax.loglog(m, np.asarray(values, dtype=float), marker, ms=4, color=colour, label=label)
@@ -100,9 +121,20 @@ def plot_constants_error(sizes: Sequence[int], errors: dict[str, Sequence[float]
                   label=r"$\propto 1/\sqrt{m}$")
     ax.set_xlabel("values per channel $m$")
     ax.set_ylabel(r"$\|dx_{const} - dx\| \,/\, \|dx\|$")
-    ax.set_title("Statistics treated as constants: the error never vanishes,\n"
-                 "and for a shared shift it is ten times the true gradient")
-    ax.legend()
+    ax.set_title("Statistics treated as constants: for random $dy$ the error\n"
+                 "shrinks like $1/\\sqrt{m}$; for a shared shift it does not shrink")
+    ax.legend(loc="center right")
+    if two:
+        ax = axes[1]
+        a = np.asarray(amplitudes, dtype=float)
+        ax.loglog(a, np.asarray(amplitude_errors, dtype=float), "s-", ms=4,
+                  color=COLORS["torch"], label=r"$dy = 1 + a\cdot$noise")
+        ax.loglog(a, 1.0 / a, "--", color=COLORS["theory"], lw=1, label=r"$1/a$")
+        ax.set_xlabel("noise amplitude $a$ of the upstream gradient")
+        ax.set_ylabel(r"$\|dx_{const} - dx\| \,/\, \|dx\|$")
+        ax.set_title(f"For a shared shift the error is about $1/a$ (m = {int(m[-1])}):\n"
+                     "set by the noise amplitude of $dy$, not by BN")
+        ax.legend(loc="upper right")
     return fig
 
 
@@ -110,41 +142,54 @@ def _shape_label(shape: Sequence[int]) -> str:
     return "×".join(str(d) for d in shape)
 
 
+def _span(values: Sequence[float]) -> str:
+    return f"{min(values):.1f}" if min(values) == max(values) else (
+        f"{min(values):.1f}-{max(values):.1f}")
+
+
 def plot_cost(bench: dict[str, Any], variants: Sequence[str] = ("bncourse", "staged",
                                                                   "compiled")) -> Figure:
-    """Time of one training step relative to torch, and bytes saved for backward per element."""
-    fig, (ax_t, ax_m) = new_figure(ncols=2, width=10.0, height=4.0)
+    """Time of one training step relative to torch (torch's own time under each shape), and
+    bytes saved for backward per element: two rows, legends outside the panels."""
+    fig, (ax_t, ax_m) = new_figure(nrows=2, width=7.0, height=7.6)
     shapes = [tuple(s) for s in bench["shapes"]]
     rows = {(tuple(r["shape"]), r["variant"]): r for r in bench["rows"]}
-    width = 0.8 / len(variants)
-    pos = np.arange(len(shapes))
-    for i, variant in enumerate(variants):
-        ratios = [rows[(s, variant)]["ratio_to_torch"] if (s, variant) in rows else np.nan
-                  for s in shapes]
-        ax_t.bar(pos + (i - (len(variants) - 1) / 2) * width, ratios, width,
-                 color=COLORS[variant], label=variant)
-    ax_t.axhline(1.0, color=COLORS["torch"], lw=1.5, label="torch (native kernel)")
-    ax_t.set_xticks(pos, [_shape_label(s) for s in shapes], fontsize=8)
-    ax_t.set_xlabel("input shape")
-    ax_t.set_ylabel("time of forward + backward / torch's")
-    ax_t.set_title("Time: eager is several times slower;\ncompiled comes close to torch")
-    ax_t.legend(fontsize=8)
-
     all_variants = ["torch", *variants]
     width = 0.8 / len(all_variants)
+    pos = np.arange(len(shapes))
+    spans = {}
+    for i, variant in enumerate(all_variants):
+        ratios = [rows[(s, variant)]["ratio_to_torch"] if (s, variant) in rows else np.nan
+                  for s in shapes]
+        spans[variant] = [r for r in ratios if np.isfinite(r)]
+        ax_t.bar(pos + (i - (len(all_variants) - 1) / 2) * width, ratios, width,
+                 color=COLORS[variant], label=variant)
+    ticks = [
+        f"{_shape_label(s)}\ntorch {rows[(s, 'torch')]['median_ms']:.2g} ms"
+        if (s, "torch") in rows else _shape_label(s) for s in shapes
+    ]
+    ax_t.set_xticks(pos, ticks)
+    ax_t.set_xlabel("input shape, and torch's time for one step")
+    ax_t.set_ylabel("time of forward + backward\n/ torch's")
+    parts = [f"{v} {_span(spans[v])}x" for v in variants if spans.get(v)]
+    ax_t.set_title("Time relative to torch's layer: " + ", ".join(parts[:2]) + ",\n"
+                   + ", ".join(parts[2:]) + " (range over the shapes)")
+
     for i, variant in enumerate(all_variants):
         per_element = [
             rows[(s, variant)]["saved_bytes"] / float(np.prod(s)) if (s, variant) in rows
             else np.nan for s in shapes
         ]
         ax_m.bar(pos + (i - (len(all_variants) - 1) / 2) * width, per_element, width,
-                 color=COLORS[variant], label=variant)
-    ax_m.set_xticks(pos, [_shape_label(s) for s in shapes], fontsize=8)
+                 color=COLORS[variant])
+    ax_m.set_xticks(pos, [_shape_label(s) for s in shapes])
     ax_m.set_xlabel("input shape")
-    ax_m.set_ylabel("bytes saved for backward per element")
-    ax_m.set_title("Memory: the compact form saves one tensor,\nthe staged graph two")
-    ax_m.legend(fontsize=8)
+    ax_m.set_ylabel("bytes saved for backward\nper element")
+    ax_m.set_title("Memory: the compact form saves one tensor, the staged graph two")
     machine = bench["machine"]
+    threads = int(machine["threads"])
+    fig.legend(*ax_t.get_legend_handles_labels(), loc="outside lower center",
+               ncols=len(all_variants))
     fig.suptitle(f"One training step of BN in {bench['dtype']} on {machine['cpu']} "
-                 f"({machine['threads']} threads, torch {machine['torch']})", fontsize=10)
+                 f"({threads} thread{'s' if threads != 1 else ''}, torch {machine['torch']})")
     return fig
