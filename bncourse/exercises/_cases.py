@@ -1,6 +1,35 @@
-"""Seeded inputs shared by the exercises: each one chosen to expose a mistake."""
+"""Seeded inputs of the function exercises, and the rule every case list follows.
+
+Each function exercise runs on its own hand-picked cases, each chosen to expose a mistake,
+and on the cases of **the case rule**, derived from what its statement allows:
+
+1. **Every rank the statement allows**: one case per rank of ``x`` ((N, C) is rank 2,
+   (N, C, L) rank 3, (N, C, H, W) rank 4, (N, C, D, H, W) rank 5, one channel's (m,)
+   rank 1). An answer that works only for the ranks it was tried on (axes written as
+   ``(0, 2, 3) if x.ndim == 4 else (0,)``, or hard-coded up to rank 4) fails.
+2. **A negative gamma and a zero gamma**, when the exercise takes gamma: a case whose gamma
+   has a negative entry and a case whose gamma has a zero entry. An answer that loses the
+   sign of gamma (``abs(gamma)``, ``sqrt(gamma**2 / (var + eps))``) or divides by it fails.
+3. **C = 1**, when the input has a channel axis: a one-channel case, at the highest rank
+   allowed. An answer that calls ``.squeeze()`` (and so drops the channel axis) fails.
+4. **float32**, when the statement promises the dtype of ``x``: every array of the case in
+   float32, scalars as Python floats. The output must be float32; its values are compared
+   with the float64 reference within float32 tolerances. An answer that always returns
+   float64 fails.
+5. **A repeated shape with new values**: the shapes of the first rule case again, with new
+   values. An answer memoized by input shape fails.
+
+:data:`RULES` gives, for each function exercise, what its statement allows: the roles of
+its arguments (which one is ``x``, ``gamma``, ...), the ranks of ``x`` and whether the dtype
+of ``x`` is promised. :meth:`CaseRule.cases` builds the rule's cases; the checker appends
+them to the exercise's own cases, and ``tests/test_exercises.py`` checks that every
+function exercise's full case list satisfies the rule. A new function exercise needs an
+entry in :data:`RULES`.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -74,3 +103,175 @@ def running_stats_cases() -> list[Case]:
         batch = r.normal(2.0, 3.0, (n, c))
         cases.append(Case(label, (running_mean, running_var, batch, momentum)))
     return cases
+
+
+# --------------------------------------------------------------------------------------
+# The case rule
+# --------------------------------------------------------------------------------------
+
+#: Argument roles a rule case can fill. ``x`` is the input (``batch`` for the running
+#: statistics); ``x_hat`` a normalized input of the same shape; ``dy`` an upstream gradient;
+#: ``gamma``/``beta`` per-channel vectors (a float when ``x`` has rank 1); ``eps`` and
+#: ``momentum`` floats; ``running_mean``/``running_var`` per-channel vectors; ``batch_size``
+#: an int that leaves a last batch of at least two rows.
+ROLES = ("x", "x_hat", "dy", "gamma", "beta", "eps", "momentum", "running_mean",
+         "running_var", "batch_size", "weight", "bias")
+#: The roles that can stand for "x" (the array whose rank and dtype the rule is about), in
+#: order of preference; ``weight`` has shape (C, fan_in), its channels on axis 0.
+_X_ROLES = ("x", "x_hat", "dy", "weight")
+
+#: The shape of ``x`` used for each rank, with C channels.
+_SHAPES = {1: lambda c: (7,), 2: lambda c: (8, c), 3: lambda c: (3, c, 5),
+           4: lambda c: (2, c, 3, 4), 5: lambda c: (2, c, 2, 3, 2)}
+
+
+@dataclass(frozen=True)
+class CaseRule:
+    """What a function exercise's statement allows: argument ``roles``, ranks of ``x``,
+    and whether it promises the dtype of ``x`` (``dtype_promised``)."""
+
+    exercise_id: str
+    roles: tuple[str, ...]
+    ranks: tuple[int, ...]
+    dtype_promised: bool = False
+    seed: int = 0
+    #: False when the exercise's own cases already follow the rule (it is then only checked).
+    generate: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = set(self.roles) - set(ROLES)
+        if unknown or not set(self.roles) & set(_X_ROLES):
+            raise ValueError(f"{self.exercise_id}: roles {self.roles} (known: {ROLES})")
+        if not self.ranks or any(r not in _SHAPES for r in self.ranks):
+            raise ValueError(f"{self.exercise_id}: ranks {self.ranks} (1 to 5)")
+
+    @property
+    def has_gamma(self) -> bool:
+        return "gamma" in self.roles
+
+    @property
+    def has_channels(self) -> bool:
+        return max(self.ranks) >= 2
+
+    def _args(self, r: np.random.Generator, rank: int, c: int, gamma: str,
+              dtype: type = np.float64) -> tuple:
+        shape = _SHAPES[rank](c)
+        loc, scale = r.uniform(-2.0, 2.0), r.uniform(0.5, 2.0)
+        x = r.normal(loc, scale, shape)
+        axes = (0, *range(2, rank)) if rank >= 2 else (0,)
+        n_gamma = c if rank >= 2 else 1
+        g = r.uniform(0.5, 2.0, n_gamma)
+        if gamma == "negative":
+            g[0] = -g[0]
+        elif gamma == "zero":
+            g[-1] = 0.0
+            if n_gamma > 1:
+                g[0] = -g[0]
+        values = {
+            "x": x,
+            "x_hat": (x - x.mean(axis=axes, keepdims=True)) / x.std(axis=axes, keepdims=True),
+            "dy": r.normal(0.0, 1.0, shape),
+            "gamma": g if rank >= 2 else float(g[0]),
+            "beta": r.normal(0.0, 1.0, c) if rank >= 2 else float(r.normal()),
+            "eps": 1e-3,
+            "momentum": 0.2,
+            "running_mean": r.normal(0.0, 1.0, c),
+            "running_var": r.uniform(0.5, 2.0, c),
+            "batch_size": 3,  # 8 rows: batches of 3, 3 and 2
+        }
+        args = tuple(values[role] for role in self.roles)
+        return tuple(a.astype(dtype) if isinstance(a, np.ndarray) else a for a in args)
+
+    def _x(self, args: tuple) -> np.ndarray:
+        role = next(r for r in _X_ROLES if r in self.roles)
+        return args[self.roles.index(role)]
+
+    def _channels(self, args: tuple) -> int | None:
+        for role in ("gamma", "beta", "running_mean", "running_var", "bias"):
+            if role in self.roles and isinstance(args[self.roles.index(role)], np.ndarray):
+                return int(args[self.roles.index(role)].shape[0])
+        x = self._x(args)
+        if "weight" in self.roles:
+            return int(x.shape[0])
+        return int(x.shape[1]) if x.ndim >= 2 else None
+
+    def problems(self, cases: list[Case]) -> list[str]:
+        """What the case list ``cases`` lacks of the rule (empty when it follows it)."""
+        out = []
+        xs = [self._x(c.args) for c in cases]
+        for rank in self.ranks:
+            if not any(x.ndim == rank for x in xs):
+                out.append(f"no case of rank {rank}")
+        if self.has_gamma:
+            gammas = [np.asarray(c.args[self.roles.index("gamma")]) for c in cases]
+            if not any((g < 0).any() for g in gammas):
+                out.append("no negative gamma")
+            if not any((g == 0).any() for g in gammas):
+                out.append("no zero gamma")
+        if self.has_channels and not any(self._channels(c.args) == 1 for c in cases):
+            out.append("no one-channel case (C = 1)")
+        if self.dtype_promised and not any(x.dtype == np.float32 for x in xs):
+            out.append("no float32 case")
+
+        def shapes(case: Case) -> tuple:
+            return tuple(a.shape if isinstance(a, np.ndarray) else type(a) for a in case.args)
+
+        repeated = any(
+            shapes(a) == shapes(b) and not all(
+                np.array_equal(u, v) if isinstance(u, np.ndarray) else u == v
+                for u, v in zip(a.args, b.args, strict=True))
+            for i, a in enumerate(cases) for b in cases[i + 1:]
+        )
+        if not repeated:
+            out.append("no repeated shape with new values")
+        return out
+
+    def cases(self) -> list[Case]:
+        """The cases the rule asks for, seeded (the same list on every call); none when the
+        exercise's own cases follow the rule already (``generate=False``)."""
+        if not self.generate:
+            return []
+        r = rng(20261300 + self.seed)
+        first = self.ranks[0]
+        top = max(self.ranks)
+        cases = []
+        for rank in self.ranks:
+            cases.append(Case(f"rule: x of shape {_SHAPES[rank](3)}",
+                              self._args(r, rank, 3, "positive")))
+        if self.has_gamma:
+            where = min(top, 3) if min(top, 3) in self.ranks else first
+            cases.append(Case(f"rule: a negative gamma, x of shape {_SHAPES[where](3)}",
+                              self._args(r, where, 3, "negative")))
+            cases.append(Case(f"rule: a zero gamma, x of shape {_SHAPES[top](3)}",
+                              self._args(r, top, 3, "zero")))
+        if self.has_channels:
+            cases.append(Case(f"rule: one channel (C = 1), x of shape {_SHAPES[top](1)}",
+                              self._args(r, top, 1, "negative")))
+        if self.dtype_promised:
+            cases.append(Case(f"rule: float32 input, x of shape {_SHAPES[first](3)}",
+                              self._args(r, first, 3, "negative", np.float32)))
+        cases.append(Case(f"rule: x of shape {_SHAPES[first](3)} again, with new values",
+                          self._args(r, first, 3, "positive")))
+        return cases
+
+
+_ALL_RANKS = (2, 3, 4, 5)
+
+#: The case rule of every function exercise, by id (see the module's docstring).
+RULES: dict[str, CaseRule] = {rule.exercise_id: rule for rule in (
+    CaseRule("formula.forward", ("x", "gamma", "beta", "eps"), _ALL_RANKS,
+             dtype_promised=True, seed=1),
+    CaseRule("formula.identity", ("x", "eps"), (2, 4), seed=2),
+    CaseRule("gradients.backward", ("dy", "x", "gamma", "eps"), _ALL_RANKS, seed=3),
+    CaseRule("gradients.param_grads", ("dy", "x_hat"), _ALL_RANKS, seed=4),
+    CaseRule("parameters.running_stats", ("running_mean", "running_var", "x", "momentum"),
+             (2,), seed=5),
+    CaseRule("parameters.cumulative", ("x", "batch_size"), (2,), seed=6),
+    CaseRule("invariance.jacobian", ("x", "gamma", "eps"), (1,), dtype_promised=True, seed=7),
+    CaseRule("inference.eval_backward",
+             ("dy", "x", "gamma", "running_mean", "running_var", "eps"), _ALL_RANKS,
+             dtype_promised=True, generate=False),
+    CaseRule("inference.fold_linear",
+             ("weight", "bias", "gamma", "beta", "running_mean", "running_var", "eps"), (2,),
+             dtype_promised=True, generate=False),
+)}

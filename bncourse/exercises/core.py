@@ -4,21 +4,39 @@ Three kinds:
 
 * :class:`FunctionExercise`: the answer is a callable. It runs on seeded cases against the
   reference; a failure is matched against the catalogue of known wrong implementations.
-* :class:`NumberExercise`: the answer is a real number (int, float, NumPy scalar, 0-d array
-  or tensor), compared within a tolerance; known wrong values carry their own message.
-* :class:`ChoiceExercise`: the answer is an option letter, in any case.
+* :class:`NumberExercise`: the answer is a real number (int, float, Decimal, Fraction, NumPy
+  scalar, 0-d array or tensor), compared within a tolerance; known wrong values (and near
+  misses, with their own tolerance) carry their own message.
+* :class:`ChoiceExercise`: the answer is an option letter, in any case, written bare or as
+  the notebooks print the options: ``"b"``, ``"(b)"``, ``"b)"``, ``"b."``, ``"b:"``.
 
-Whatever the reader passes, :meth:`Exercise.check` returns a :class:`CheckResult` and never
-raises; it never shows the reference's values.
+Whatever the reader passes, :meth:`Exercise.check` returns a :class:`CheckResult`; only
+``KeyboardInterrupt`` goes through. It never shows the reference's values.
+
+How a function answer is run, so that no answer can fool the checker:
+
+* the expected outputs (the reference's, and every catalogued mistake's) are computed
+  before the answer runs, on copies of the inputs;
+* the answer gets its own deep copies of the inputs, and a time limit
+  (``FunctionExercise.time_limit`` seconds for all its cases together);
+* after every call, whatever the answer replaced in the modules the checker relies on
+  (builtins, math, NumPy, bncourse) is put back, and the exercise's own settings too;
+* outputs are compared as plain ``ndarray`` copies (an ndarray subclass or a masked array
+  is judged by its data) with the checker's own ufuncs, saved when this module is imported.
 """
 
 from __future__ import annotations
 
 import copy
+import decimal
 import html
 import math
 import numbers
 import re
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +51,9 @@ __all__ = [
     "FunctionExercise",
     "NumberExercise",
     "ChoiceExercise",
+    "Progress",
+    "choice_letter",
+    "page_answer",
     "PASSED",
     "FAILED",
     "NOT_ATTEMPTED",
@@ -43,8 +64,36 @@ FAILED = "failed"
 NOT_ATTEMPTED = "not attempted"
 
 _MARKS = {PASSED: "✔", FAILED: "✘", NOT_ATTEMPTED: "…"}
-_COLOURS = {PASSED: "#1b7a3a", FAILED: "#b3261e", NOT_ATTEMPTED: "#6b6b6b"}
-_BACKGROUNDS = {PASSED: "#e8f5ec", FAILED: "#fdecea", NOT_ATTEMPTED: "#f2f2f2"}
+# The verdict's colour comes from the page's theme when there is one (pydata-sphinx-theme on
+# the site, JupyterLab in a notebook), with a fallback; it marks only the border and the sign.
+# The text keeps the theme's own colour and the background is a light tint of the verdict's
+# colour over the page's, so the box reads the same in light and in dark mode.
+_THEME_COLOURS = {
+    PASSED: "var(--pst-color-success, var(--jp-success-color1, #1b7a3a))",
+    FAILED: "var(--pst-color-danger, var(--jp-error-color1, #b3261e))",
+    NOT_ATTEMPTED: "var(--pst-color-muted, var(--jp-ui-font-color2, #6b6b6b))",
+}
+_TINTS = {PASSED: "rgba(46, 160, 67, 0.12)", FAILED: "rgba(218, 54, 51, 0.12)",
+          NOT_ATTEMPTED: "rgba(128, 128, 128, 0.12)"}
+
+# The checker's own tools, saved before any answer can replace them.
+_array = np.array
+_ndarray = np.ndarray
+_subtract = np.subtract
+_absolute = np.absolute
+_maximum = np.maximum
+_less_equal = np.less_equal
+_isfinite = np.isfinite
+_isnan = np.isnan
+_float64 = np.float64
+_float32 = np.float32
+_floating = np.floating
+_number = np.number
+_issubdtype = np.issubdtype
+_deepcopy = copy.deepcopy
+_isinstance = isinstance
+_perf_counter = time.perf_counter
+F32_EPS = float(np.finfo(np.float32).eps)
 
 
 @dataclass(frozen=True)
@@ -52,8 +101,8 @@ class CheckResult:
     """The verdict on one answer: ``passed``, the ``message`` and a ``status``.
 
     ``status`` is ``"passed"``, ``"failed"`` or ``"not attempted"``. ``mistake`` names the
-    catalogued mistake the answer matched, when one did. Shows itself as a coloured box in
-    a notebook and as one line of text elsewhere.
+    catalogued mistake the answer matched, when one did. Shows itself as a box in a notebook
+    (coloured by the theme, readable in light and dark mode) and as one line of text elsewhere.
     """
 
     exercise_id: str
@@ -78,12 +127,13 @@ class CheckResult:
         return str(self)
 
     def _repr_html_(self) -> str:
-        colour = _COLOURS[self.status]
+        colour = _THEME_COLOURS[self.status]
         return (
             f'<div class="bncourse-check bncourse-{self.status.replace(" ", "-")}" '
-            f'style="border-left: 4px solid {colour}; background: {_BACKGROUNDS[self.status]}; '
-            f'padding: 0.4em 0.8em; margin: 0.3em 0;">'
-            f'<strong style="color: {colour};">{_MARKS[self.status]} {self._title()}</strong> '
+            f'style="border-left: 4px solid {colour}; background: {_TINTS[self.status]}; '
+            f'color: inherit; padding: 0.4em 0.8em; margin: 0.3em 0;">'
+            f'<strong><span style="color: {colour};">{_MARKS[self.status]}</span> '
+            f"{self._title()}</strong> "
             f"<code>{html.escape(self.exercise_id)}</code><br>{html.escape(self.message)}</div>"
         )
 
@@ -102,25 +152,48 @@ class Mistake:
 
     ``answer`` is a wrong implementation (function exercises), a wrong value (number
     exercises) or a wrong option letter (choice exercises). ``name`` is a short id used by
-    the tests; ``message`` names the concept the reader missed.
+    the tests; ``message`` names the concept the reader missed. For a number exercise,
+    ``rtol``/``atol`` (when given) replace the exercise's tolerance for this value: a "near
+    miss" such as a hand computation with the wrong eps can be recognised within a wider or
+    narrower band than the right value.
     """
 
     name: str
     message: str
     answer: Any
+    rtol: float | None = None
+    atol: float | None = None
 
 
 class _ReaderError(Exception):
-    """The reader's answer could not be judged; the message says why."""
+    """The reader's answer could not be judged (or needs a word); the message says why."""
 
     def __init__(self, message: str, status: str = FAILED) -> None:
         super().__init__(message)
         self.status = status
 
 
+def _exception_text(e: BaseException) -> str:
+    """``Type: message`` of an exception, even when its ``__str__`` raises."""
+    name = type(e).__name__
+    try:
+        text = str(e)
+    except BaseException:  # an answer's exception whose __str__ itself fails
+        return f"{name} (whose message could not be printed)"
+    return f"{name}: {text}" if text else name
+
+
+#: The latest verdict of every exercise checked in this session, by id.
+_LATEST: dict[str, CheckResult] = {}
+
+
 @dataclass
 class Exercise:
-    """An exercise: its ``id``, ``chapter`` number, ``title``, ``kind`` and catalogue."""
+    """An exercise: its ``id``, ``chapter`` number, ``title``, ``kind`` and catalogue.
+
+    ``hints`` are progressive: ``hint(id)`` gives the first, ``hint(id, 2)`` the next, and
+    the last stops short of the answer. A single ``hint`` counts as the only one.
+    """
 
     id: str
     chapter: int
@@ -208,27 +281,121 @@ class Exercise:
         raise NotImplementedError
 
 
-def _exception_text(e: BaseException) -> str:
-    """``Type: message`` of an exception, even when its ``__str__`` raises."""
-    name = type(e).__name__
-    try:
-        text = str(e)
-    except BaseException:  # an answer's exception whose __str__ itself fails
-        return f"{name} (whose message could not be printed)"
-    return f"{name}: {text}" if text else name
-
-
-#: The latest verdict of every exercise checked in this session, by id.
-_LATEST: dict[str, CheckResult] = {}
+# Type names said with a vowel sound although they start with a consonant letter.
+_AN = {"ndarray", "nan", "MaskedArray"}
 
 
 def _a(type_name: str) -> str:
-    """'a list', 'an int': the type name with its article."""
-    return f"{'an' if type_name[:1].lower() in 'aeiou' else 'a'} {type_name}"
+    """'a list', 'an int', 'an ndarray': the type name with its article."""
+    vowel = type_name[:1].lower() in "aeiou" or type_name in _AN
+    return f"{'an' if vowel else 'a'} {type_name}"
 
 
 def _is_stub(value: Any) -> bool:
     return value is None or value is Ellipsis
+
+
+def _quoted(text: str) -> str:
+    """A reader's text in quotes, cut at 40 characters (the page writes it the same way)."""
+    text = text.strip()
+    return f"'{text[:40]}...'" if len(text) > 40 else f"'{text}'"
+
+
+# --------------------------------------------------------------------------------------
+# Running a reader's function safely
+# --------------------------------------------------------------------------------------
+
+
+class _TimeLimit(BaseException):
+    """Raised inside an answer that has run past its time limit (not an Exception, so an
+    answer's ``except Exception`` cannot swallow it)."""
+
+
+def _guarded_modules() -> list[Any]:
+    """The modules whose attributes the checker relies on, in this process."""
+    names = ["builtins", "math", "copy", "numbers", "decimal", "time", "signal", "threading",
+             "numpy", "numpy.linalg", "numpy.random", "numpy._core.numeric",
+             "numpy._core.fromnumeric", "numpy._core._methods", "numpy.lib._function_base_impl"]
+    mods = [sys.modules[n] for n in names if n in sys.modules]
+    mods += [m for n, m in list(sys.modules.items())
+             if n == "bncourse" or n.startswith("bncourse.")]
+    return [m for m in mods if m is not None and hasattr(m, "__dict__")]
+
+
+class _Restore:
+    """Snapshots the attributes of the guarded modules (and some objects) and puts back,
+    on exit, anything an answer replaced or deleted."""
+
+    def __init__(self, *objects: Any) -> None:
+        self._dicts = [vars(m) for m in _guarded_modules()] + [vars(o) for o in objects]
+        self._saved = [dict(d) for d in self._dicts]
+
+    def __enter__(self) -> _Restore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+    def restore(self) -> list[str]:
+        """Put everything back; returns the names that had been changed."""
+        changed = []
+        for d, saved in zip(self._dicts, self._saved, strict=True):
+            for key, value in saved.items():
+                if key not in d or d[key] is not value:
+                    try:
+                        d[key] = value
+                    except TypeError:  # a read-only mapping (mappingproxy): nothing to undo
+                        continue
+                    changed.append(key)
+        return changed
+
+
+_MISSING = object()
+
+
+def _call_with_time_limit(fn: Callable[..., Any], args: tuple, limit: float) -> Any:
+    """``fn(*args)``, interrupted after ``limit`` seconds with :class:`_TimeLimit`.
+
+    In the main thread (a notebook, a script, pytest) a timer signal interrupts the answer
+    itself; elsewhere the answer runs in a helper thread that is abandoned when it overruns.
+    """
+    if limit <= 0:
+        raise _TimeLimit
+    main = threading.current_thread() is threading.main_thread()
+    if main and hasattr(signal, "setitimer") and hasattr(signal, "SIGALRM"):
+        armed = [True]
+
+        def on_alarm(signum: int, frame: Any) -> None:
+            if armed[0]:
+                raise _TimeLimit
+
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        try:
+            # Fires again every 0.2 s, in case the answer swallows the first interruption.
+            signal.setitimer(signal.ITIMER_REAL, limit, 0.2)
+            try:
+                return fn(*args)
+            finally:
+                armed[0] = False
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        finally:
+            signal.signal(signal.SIGALRM, previous)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["out"] = fn(*args)
+        except BaseException as e:  # handed to the caller's thread below
+            box["error"] = e
+
+    worker = threading.Thread(target=target, daemon=True, name="bncourse-answer")
+    worker.start()
+    worker.join(limit)
+    if worker.is_alive():
+        raise _TimeLimit
+    if "error" in box:
+        raise box["error"]
+    return box["out"]
 
 
 # --------------------------------------------------------------------------------------
@@ -236,9 +403,14 @@ def _is_stub(value: Any) -> bool:
 # --------------------------------------------------------------------------------------
 
 
+def _plain(value: Any) -> np.ndarray:
+    """A plain float ``ndarray`` copy of an array (a subclass or masked array by its data)."""
+    return _array(value, copy=True, subok=False)
+
+
 def _to_array(value: Any, what: str) -> np.ndarray:
-    if isinstance(value, np.ndarray):
-        return value
+    if _isinstance(value, _ndarray):
+        return _plain(value)
     if type(value).__module__.startswith("torch") and hasattr(value, "detach"):
         raise _ReaderError(
             f"{what} is a torch.Tensor; this exercise works in NumPy, so return a NumPy array "
@@ -250,7 +422,8 @@ def _to_array(value: Any, what: str) -> np.ndarray:
 def _describe(value: Any) -> str:
     """A short description of an argument: arrays by their shape, never their values."""
     if isinstance(value, np.ndarray):
-        return f"array{value.shape}"
+        dtype = "" if value.dtype == np.float64 else f", {value.dtype}"
+        return f"array{value.shape}" if not dtype else f"array{value.shape}{dtype}"
     if isinstance(value, (list, tuple)):
         inner = ", ".join(_describe(v) for v in value[:4]) + (", ..." if len(value) > 4 else "")
         return f"[{inner}]" if isinstance(value, list) else f"({inner})"
@@ -280,14 +453,72 @@ def _own_code(answer: Any) -> str | None:
     return f"{module}.{name}" if isinstance(name, str) else module
 
 
+def _is_float32_case(args: tuple[Any, ...]) -> bool:
+    return any(isinstance(a, np.ndarray) and a.dtype == np.float32 for a in args)
+
+
+def _upcast(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(a.astype(np.float64) if isinstance(a, np.ndarray) and a.dtype == np.float32
+                 else a for a in args)
+
+
+def _downcast(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(a.astype(np.float32) if isinstance(a, np.ndarray) and a.dtype == np.float64
+                 else a for a in args)
+
+
+@dataclass
+class _Expected:
+    """What one case must give: the values (float64), the dtypes and the tolerance."""
+
+    values: tuple[np.ndarray, ...]
+    dtypes: tuple[np.dtype, ...]
+    rtol: float
+    atol: tuple[float, ...]
+    float32: bool
+
+
+def _within(got: np.ndarray, want: np.ndarray, rtol: float, atol: float) -> bool:
+    """``|got - want| <= atol + rtol |want|`` everywhere, on plain arrays, with saved ufuncs."""
+    if got.shape != want.shape:
+        return False
+    g = _array(got, dtype=_float64, copy=True, subok=False)
+    w = _array(want, dtype=_float64, copy=True, subok=False)
+    if g.size == 0:
+        return True
+    diff = _absolute(_subtract(g, w))
+    bound = atol + rtol * _absolute(w)
+    same_nan = _isnan(g) & _isnan(w)
+    ok = _less_equal(diff, bound) | same_nan | ((g == w) & ~_isfinite(w))
+    return bool(ok.all())
+
+
+def _largest_difference(got: np.ndarray, want: np.ndarray) -> float:
+    g = _array(got, dtype=_float64, copy=True, subok=False)
+    w = _array(want, dtype=_float64, copy=True, subok=False)
+    return float(_absolute(_subtract(g, w)).max()) if g.size else 0.0
+
+
+@dataclass
+class _Outcome:
+    """What a reader's function did on one case."""
+
+    kind: str  # "ok", "error", "not implemented", "none", "ellipsis", "exit"
+    outputs: tuple[np.ndarray, ...] = ()
+    error: BaseException | None = None
+    raw: Any = None
+
+
 @dataclass
 class FunctionExercise(Exercise):
     """The answer is a function; ``reference`` is the correct one.
 
-    ``cases()`` returns the seeded :class:`Case` list. Outputs are a NumPy array or a tuple
-    of arrays (``n_outputs``), compared with ``rtol``/``atol``. Each catalogued mistake is a
-    function; an answer that fails is named by the first mistake it agrees with on every
-    case. ``compare`` may replace the numeric comparison for answers that are not arrays.
+    ``cases()`` returns the seeded :class:`Case` list; ``rule`` (set from
+    :data:`bncourse.exercises._cases.RULES`) adds the cases of the written case rule. Outputs
+    are a NumPy array or a tuple of arrays (``n_outputs``), compared with ``rtol``/``atol``
+    (float32 cases: against the float64 reference, with float32 tolerances). Each catalogued
+    mistake is a function; an answer that fails is named by the first mistake it agrees with
+    on every case. ``time_limit`` is the time, in seconds, the answer gets for all its cases.
     """
 
     reference: Callable[..., Any] | None = None
@@ -297,6 +528,12 @@ class FunctionExercise(Exercise):
     output_names: Sequence[str] = ("output",)
     rtol: float = 1e-7
     atol: float = 1e-9
+    time_limit: float = 20.0
+    rule: Any = None
+
+    #: Tolerances of the float32 cases: a float32 answer against the float64 reference.
+    float32_rtol = 2e-4
+    float32_atol = 2e-5
 
     _default_nudge = "Compare your code with the formulas of the chapter step by step."
 
@@ -305,43 +542,79 @@ class FunctionExercise(Exercise):
         if self.reference is None or self.cases is None:
             raise TypeError(f"exercise {self.id}: a function exercise needs reference and cases")
 
-    # Running one function on one case --------------------------------------------------
+    def all_cases(self) -> list[Case]:
+        """The seeded cases, then those the case rule adds."""
+        cases = list(self.cases())
+        if self.rule is not None:
+            cases += self.rule.cases()
+        return cases
 
-    def _run(self, fn: Callable[..., Any], case: Case, reader: bool) -> tuple[np.ndarray, ...]:
-        args = copy.deepcopy(case.args)
-        originals = copy.deepcopy(case.args)
+    # The checker's own runs (reference and mistakes) --------------------------------------
+
+    def _outputs_of(self, out: Any) -> tuple[np.ndarray, ...]:
+        items = (out,) if self.n_outputs == 1 else tuple(out)
+        return tuple(_plain(np.asarray(item)) for item in items)
+
+    def _expected(self, case: Case) -> _Expected:
+        native = self._outputs_of(self.reference(*_deepcopy(case.args)))
+        dtypes = tuple(o.dtype for o in native)
+        if _is_float32_case(case.args):
+            values = self._outputs_of(self.reference(*_upcast(_deepcopy(case.args))))
+            atol = tuple(self.float32_atol * max(1.0, float(np.max(np.abs(v)))) if v.size
+                         else self.float32_atol for v in values)
+            return _Expected(values, dtypes, self.float32_rtol, atol, True)
+        return _Expected(native, dtypes, self.rtol, (self.atol,) * len(native), False)
+
+    def _mistake_outputs(self, mistake: Mistake, case: Case) -> tuple[np.ndarray, ...] | None:
         try:
-            out = fn(*args)
-        except NotImplementedError:
-            if reader:
-                raise _ReaderError(
-                    "your function still raises NotImplementedError: replace the stub with "
-                    "your code", NOT_ATTEMPTED,
-                ) from None
-            raise
-        except Exception as e:
-            if not reader:
-                raise
-            raise _ReaderError(
-                f"your function raised {type(e).__name__}: {e} (on the case: {case.label}, "
-                f"called with {_describe_args(case.args)})"
-            ) from None
-        if reader:
-            for i, (before, after) in enumerate(zip(originals, args, strict=True)):
-                if isinstance(before, np.ndarray) and not np.array_equal(
-                    before, after, equal_nan=True
-                ):
-                    raise _ReaderError(
-                        f"your function changed its argument number {i + 1} in place (on the "
-                        f"case: {case.label}); work on a copy and return new arrays"
-                    )
-        return self._outputs(out, case, reader)
+            return self._outputs_of(mistake.answer(*_deepcopy(case.args)))
+        except Exception:
+            return None
 
-    def _outputs(self, out: Any, case: Case, reader: bool) -> tuple[np.ndarray, ...]:
-        if _is_stub(out):
+    # Running the reader's function on one case -------------------------------------------
+
+    def _run_reader(self, fn: Callable[..., Any], case: Case, deadline: float) -> _Outcome:
+        args = _deepcopy(case.args)
+        originals = _deepcopy(case.args)
+        guard = _Restore(self)
+        try:
+            out = _call_with_time_limit(fn, args, deadline - _perf_counter())
+        except _TimeLimit:
+            guard.restore()
             raise _ReaderError(
-                f"your function returned {out!r}: replace the stub with your code", NOT_ATTEMPTED
-            )
+                f"your function did not finish within the time limit of {self.time_limit:g} s "
+                f"(on the case: {case.label}): look for a loop that never ends, or a Python "
+                f"loop over every value where a NumPy expression would do"
+            ) from None
+        except NotImplementedError as e:
+            guard.restore()
+            return _Outcome("not implemented", error=e)
+        except SystemExit as e:
+            guard.restore()
+            return _Outcome("exit", error=e)
+        except KeyboardInterrupt:
+            guard.restore()
+            raise
+        except BaseException as e:
+            guard.restore()
+            return _Outcome("error", error=e)
+        guard.restore()  # whatever the answer replaced in NumPy or the checker goes back
+        for i, (before, after) in enumerate(zip(originals, args, strict=True)):
+            if isinstance(before, np.ndarray) and not (
+                isinstance(after, np.ndarray) and before.shape == after.shape
+                and np.array_equal(before, _plain(after), equal_nan=True)
+            ):
+                raise _ReaderError(
+                    f"your function changed its argument number {i + 1} in place (on the "
+                    f"case: {case.label}); work on a copy and return new arrays"
+                )
+        if out is None:
+            return _Outcome("none")
+        if out is Ellipsis:
+            return _Outcome("ellipsis")
+        return _Outcome("ok", outputs=self._reader_outputs(out, case), raw=out)
+
+    def _reader_outputs(self, out: Any, case: Case) -> tuple[np.ndarray, ...]:
         if self.n_outputs == 1:
             items = (out,)
         else:
@@ -352,44 +625,70 @@ class FunctionExercise(Exercise):
                 )
                 raise _ReaderError(
                     f"your function should return a tuple of {self.n_outputs} arrays "
-                    f"({', '.join(self.output_names)}); it returned {got}"
+                    f"({', '.join(self.output_names)}); it returned {got} (on the case: "
+                    f"{case.label})"
                 )
             items = tuple(out)
-        arrays = []
         for name, item in zip(self.output_names, items, strict=True):
-            arrays.append(_to_array(item, f"the returned {name}") if reader else np.asarray(item))
-        return tuple(arrays)
+            if item is None:
+                raise _ReaderError(
+                    f"your function returned None as {name} for {case.label}: did you forget "
+                    f"to compute it?"
+                )
+        return tuple(_to_array(item, f"the returned {name}") for name, item in
+                     zip(self.output_names, items, strict=True))
 
-    def _validate(
-        self, got: tuple[np.ndarray, ...], want: tuple[np.ndarray, ...], case: Case
-    ) -> None:
-        for name, g, w in zip(self.output_names, got, want, strict=True):
+    def _validate(self, got: tuple[np.ndarray, ...], want: _Expected, case: Case) -> None:
+        for name, g, w, dtype in zip(self.output_names, got, want.values, want.dtypes,
+                                     strict=True):
             if g.shape != w.shape:
                 raise _ReaderError(
                     f"the returned {name} has shape {g.shape} but should have shape {w.shape} "
                     f"(on the case: {case.label})"
                 )
-            if not np.issubdtype(g.dtype, np.floating):
+            if not _issubdtype(g.dtype, _floating):
                 raise _ReaderError(
                     f"the returned {name} has dtype {g.dtype}; expected a floating array "
                     f"like the input (on the case: {case.label})"
                 )
-            if g.dtype != w.dtype:
+            if g.dtype != dtype:
                 raise _ReaderError(
-                    f"the returned {name} has dtype {g.dtype} but the input is {w.dtype}: keep "
-                    f"the input's precision (on the case: {case.label})"
+                    f"the returned {name} has dtype {g.dtype} but should have dtype {dtype}, "
+                    f"the dtype of the input: keep the input's precision (on the case: "
+                    f"{case.label})"
                 )
-            if not np.all(np.isfinite(g)) and np.all(np.isfinite(w)):
+            if not _isfinite(g).all() and _isfinite(w).all():
                 raise _ReaderError(
                     f"the returned {name} contains NaN or inf (on the case: {case.label}); "
                     f"look for a division by zero or the square root of a negative number"
                 )
 
-    def _close(self, got: tuple[np.ndarray, ...], want: tuple[np.ndarray, ...]) -> bool:
-        return all(
-            g.shape == w.shape and np.allclose(g, w, rtol=self.rtol, atol=self.atol)
-            for g, w in zip(got, want, strict=True)
-        )
+    def _close(self, got: tuple[np.ndarray, ...], want: _Expected,
+               values: tuple[np.ndarray, ...] | None = None) -> bool:
+        values = want.values if values is None else values
+        if len(got) != len(values):
+            return False
+        return all(_within(g, w, want.rtol, atol)
+                   for g, w, atol in zip(got, values, want.atol, strict=True))
+
+    def _float32_roundoff(self, case: Case, got: tuple[np.ndarray, ...],
+                          want: _Expected) -> bool:
+        """Whether a float64 case's wrong output is off by no more than float32 round-off:
+        what the reference itself gives when it runs in float32."""
+        if want.float32:
+            return False
+        try:
+            r32 = self._outputs_of(self.reference(*_downcast(_deepcopy(case.args))))
+        except Exception:
+            return False
+        for g, w, r in zip(got, want.values, r32, strict=True):
+            if g.shape != w.shape or r.shape != w.shape:
+                return False
+            scale = float(np.max(np.abs(w))) if w.size else 0.0
+            allowed = max(16 * _largest_difference(r, w), 64 * F32_EPS * scale)
+            if _largest_difference(g, w) > allowed:
+                return False
+        return True
 
     def _judge(self, answer: Any) -> Mistake | str | None:
         if _is_stub(answer):
@@ -407,81 +706,148 @@ class FunctionExercise(Exercise):
             raise _ReaderError(
                 f"that is bncourse's own implementation{where}: write yours, in your own code"
             )
-        cases = self.cases()
-        wanted = [self._run(self.reference, case, reader=False) for case in cases]
-        got_all: list[tuple[np.ndarray, ...]] = []
+        # Everything the answer is compared with is computed before it runs.
+        cases = self.all_cases()
+        wanted = [self._expected(case) for case in cases]
+        wrong = {m.name: [self._mistake_outputs(m, case) for case in cases]
+                 for m in self.mistakes}
+
+        deadline = _perf_counter() + self.time_limit
+        outcomes = [self._run_reader(answer, case, deadline) for case in cases]
+        kinds = [o.kind for o in outcomes]
+        if all(k == "not implemented" for k in kinds):
+            raise _ReaderError(
+                "your function still raises NotImplementedError: replace the stub with your "
+                "code", NOT_ATTEMPTED,
+            )
+        if all(k == "ellipsis" for k in kinds):
+            raise _ReaderError(
+                "your function returned Ellipsis (...): replace the stub with your code",
+                NOT_ATTEMPTED,
+            )
+        for case, outcome in zip(cases, outcomes, strict=True):
+            self._explain_outcome(case, outcome)
+
+        got_all = [o.outputs for o in outcomes]
         invalid: _ReaderError | None = None
-        first_wrong: tuple[Case, tuple[np.ndarray, ...], tuple[np.ndarray, ...]] | None = None
-        for case, want in zip(cases, wanted, strict=True):
-            got = self._run(answer, case, reader=True)
-            got_all.append(got)
+        wrong_cases: list[tuple[Case, tuple[np.ndarray, ...], _Expected]] = []
+        for case, got, want in zip(cases, got_all, wanted, strict=True):
             try:
                 self._validate(got, want, case)
             except _ReaderError as e:
                 invalid = invalid or e
                 continue
-            if first_wrong is None and not self._close(got, want):
-                first_wrong = (case, got, want)
-        if invalid is None and first_wrong is None:
+            if not self._close(got, want):
+                wrong_cases.append((case, got, want))
+        if invalid is None and not wrong_cases:
             return None
         # A wrong answer: name the catalogued mistake it agrees with on every case (shapes
         # included, so a gradient summed over the wrong axes is recognised too).
         for mistake in self.mistakes:
-            if self._agrees_with(mistake, cases, got_all):
+            outs = wrong[mistake.name]
+            if all(out is not None and self._close(got, want, out)
+                   for got, want, out in zip(got_all, wanted, outs, strict=True)):
                 return mistake
         if invalid is not None:
             raise invalid
-        case, got, want = first_wrong
-        worst = max(
-            float(np.max(np.abs(g - w))) if g.size else 0.0
-            for g, w in zip(got, want, strict=True)
-        )
-        wrong = [
-            n for n, g, w in zip(self.output_names, got, want, strict=True)
-            if not np.allclose(g, w, rtol=self.rtol, atol=self.atol)
+        case, got, want = wrong_cases[0]
+        worst = max(_largest_difference(g, w) for g, w in zip(got, want.values, strict=True))
+        names = [
+            n for n, g, w, atol in zip(self.output_names, got, want.values, want.atol,
+                                       strict=True)
+            if not _within(g, w, want.rtol, atol)
         ]
+        verb = "differs" if len(names) == 1 else "differ"
+        if all(self._float32_roundoff(c, g, w) for c, g, w in wrong_cases):
+            return (
+                f"{' and '.join(names)} {verb} from the reference by at most {worst:.3g} (on "
+                f"the case: {case.label}): the difference is at float32 round-off; the check "
+                f"works in float64, so compute in the input's precision (float64 here) "
+                f"without converting to float32 or to torch's default dtype."
+            )
         return (
-            f"{' and '.join(wrong)} {'differs' if len(wrong) == 1 else 'differ'} from the "
-            f"reference on the case: {case.label} "
+            f"{' and '.join(names)} {verb} from the reference on the case: {case.label} "
             f"(largest absolute difference {worst:.3g}). This is not one of the usual mistakes. "
             + self._nudge()
         )
 
-    def _agrees_with(
-        self, mistake: Mistake, cases: list[Case], got_all: list[tuple[np.ndarray, ...]]
-    ) -> bool:
-        for case, got in zip(cases, got_all, strict=True):
-            try:
-                wrong = self._run(mistake.answer, case, reader=False)
-            except Exception:
-                return False
-            if not self._close(got, wrong):
-                return False
-        return True
+    def _explain_outcome(self, case: Case, outcome: _Outcome) -> None:
+        """A failure for a case on which the function did not return outputs."""
+        where = f"on the case: {case.label}, called with {_describe_args(case.args)}"
+        if outcome.kind == "not implemented":
+            raise _ReaderError(
+                f"your function raised NotImplementedError ({where}) although it answered "
+                f"other cases: it must handle every input the statement allows"
+            )
+        if outcome.kind == "exit":
+            raise _ReaderError(
+                f"your function called sys.exit() or raised SystemExit ({where}); return "
+                f"the result instead"
+            )
+        if outcome.kind == "error":
+            raise _ReaderError(
+                f"your function raised {_exception_text(outcome.error)} ({where})"
+            )
+        if outcome.kind == "none":
+            raise _ReaderError(
+                f"your function returned None for {case.label}: did you forget `return`?"
+            )
+        if outcome.kind == "ellipsis":
+            raise _ReaderError(
+                f"your function returned Ellipsis (...) for {case.label} but answered other "
+                f"cases: every branch must return the result"
+            )
 
 
 # --------------------------------------------------------------------------------------
 # Number exercises
 # --------------------------------------------------------------------------------------
 
+#: A number as the web page reads it from its answer field (and ``page_answer`` here).
+NUMBER_TEXT = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+_NUMBER_TEXT = re.compile(rf"^{NUMBER_TEXT}$")
+
+
+def page_answer(text: str, kind: str) -> Any:
+    """What the web page's answer field ``text`` stands for as a Python answer.
+
+    A number exercise's field holding a number (``"0.25"``, ``"-1e-3"``, ``" 4 "``) is that
+    float; anything else stays the text. A choice exercise's answer is the text. The page's
+    checker gives, for ``text``, the verdict and message that ``check`` gives for this value.
+    """
+    if kind == "number" and _NUMBER_TEXT.match(text.strip()):
+        return float(text.strip())
+    return text
+
 
 def _as_real(answer: Any) -> float:
-    if isinstance(answer, bool) or isinstance(answer, np.bool_):
+    if isinstance(answer, (bool, np.bool_)):
         raise _ReaderError("got True/False; expected a number")
     if isinstance(answer, numbers.Real):
         return float(answer)
+    if isinstance(answer, decimal.Decimal):
+        return float(answer)
     if isinstance(answer, np.ndarray):
-        if answer.ndim == 0 and np.issubdtype(answer.dtype, np.number):
+        if answer.ndim == 0 and np.issubdtype(answer.dtype, np.number) and not np.issubdtype(
+                answer.dtype, np.complexfloating):
             return float(answer)
+        if answer.ndim == 0:
+            raise _ReaderError(f"got a 0-d array of dtype {answer.dtype}; expected a real number")
         raise _ReaderError(f"got an array of shape {answer.shape}; expected a single number")
     if type(answer).__module__.startswith("torch") and hasattr(answer, "item"):
-        if answer.numel() == 1 and answer.dim() == 0:
+        if answer.numel() == 1 and answer.dim() == 0 and not answer.is_complex():
             return float(answer.item())
         raise _ReaderError(
-            f"got a tensor of shape {tuple(answer.shape)}; expected a single number"
+            f"got a tensor of shape {tuple(answer.shape)}; expected a single real number"
         )
     if isinstance(answer, str):
-        raise _ReaderError(f"got the string {answer!r}; expected a number (no quotes)")
+        if _NUMBER_TEXT.match(answer.strip()):
+            raise _ReaderError(
+                f"got the text {_quoted(answer)}; write the number without quotes"
+            )
+        raise _ReaderError(
+            f"{_quoted(answer)} is not a number; write a number such as 0.5, -2 or 1e-3"
+        )
     if isinstance(answer, numbers.Complex):
         raise _ReaderError("got a complex number; expected a real number")
     raise _ReaderError(f"got {_a(type(answer).__name__)}; expected a number")
@@ -491,31 +857,53 @@ def _as_real(answer: Any) -> float:
 class NumberExercise(Exercise):
     """The answer is a real number, correct within ``rtol``/``atol`` of ``value``.
 
-    Each catalogued mistake's ``answer`` is a wrong value, matched with the same tolerance.
+    Each catalogued mistake's ``answer`` is a wrong value, matched with the same tolerance
+    (or the mistake's own ``rtol``/``atol``, for near misses). When the exact value is 0,
+    ``zero_scale`` is the size of the terms that cancel to give it: an answer within float32
+    round-off of such terms (``ZERO_ROUNDOFF_ULPS`` float32 epsilons times ``zero_scale``)
+    is right, with the message that it is round-off.
     """
 
     value: float = math.nan
     rtol: float = 1e-6
     atol: float = 1e-12
+    zero_scale: float = 0.0
+
+    #: How many float32 epsilons (of the terms' size) a computed zero may be off by.
+    ZERO_ROUNDOFF_ULPS = 64
 
     def __post_init__(self) -> None:
         self.kind = "number"
         if not math.isfinite(self.value):
             raise TypeError(f"exercise {self.id}: a number exercise needs a finite value")
+        if self.zero_scale and self.value != 0:
+            raise TypeError(f"exercise {self.id}: zero_scale is for exercises whose value is 0")
 
-    def _matches(self, x: float, target: float) -> bool:
-        return math.isclose(x, target, rel_tol=self.rtol, abs_tol=self.atol)
+    @property
+    def roundoff(self) -> float:
+        """The largest answer that counts as a computed zero (0 when there is none)."""
+        return self.ZERO_ROUNDOFF_ULPS * F32_EPS * self.zero_scale
+
+    def _matches(self, x: float, target: float, rtol: float | None = None,
+                 atol: float | None = None) -> bool:
+        rtol = self.rtol if rtol is None else rtol
+        atol = self.atol if atol is None else atol
+        return abs(x - target) <= max(rtol * max(abs(x), abs(target)), atol)
 
     def _judge(self, answer: Any) -> Mistake | str | None:
-        if _is_stub(answer):
+        if _is_stub(answer) or (isinstance(answer, str) and not answer.strip()):
             raise _ReaderError("no number given yet", NOT_ATTEMPTED)
         x = _as_real(answer)
         if not math.isfinite(x):
             raise _ReaderError(f"got {x}; expected a finite number")
         if self._matches(x, self.value):
             return None
+        if self.value == 0 and abs(x) <= self.roundoff:
+            raise _ReaderError(
+                f"{x:.3g} is right: that is round-off; the exact value is 0.", PASSED
+            )
         for mistake in self.mistakes:
-            if self._matches(x, float(mistake.answer)):
+            if self._matches(x, float(mistake.answer), mistake.rtol, mistake.atol):
                 return mistake
         return f"{x:.6g} is not the expected value. " + self._nudge()
 
@@ -524,8 +912,9 @@ class NumberExercise(Exercise):
 # Choice exercises
 # --------------------------------------------------------------------------------------
 
-
-_CHOICE = re.compile(r"^\(?\s*([a-z])\s*[).:]?$")
+#: A choice as written: a letter, perhaps in parentheses or followed by ")", "." or ":".
+CHOICE_TEXT = r"^\(?\s*([a-z])\s*[).:]?$"
+_CHOICE = re.compile(CHOICE_TEXT)
 
 
 def choice_letter(text: str) -> str:
@@ -538,10 +927,16 @@ def choice_letter(text: str) -> str:
 
 @dataclass
 class ChoiceExercise(Exercise):
-    """The answer is one option letter (any case); ``options`` maps letters to their text."""
+    """The answer is one option letter (any case); ``options`` maps letters to their text.
+
+    A catalogued mistake's ``answer`` is a wrong letter: each wrong option can carry its own
+    message.
+    """
 
     options: dict[str, str] = field(default_factory=dict)
     answer: str = ""
+
+    _default_nudge = "Read the options again."
 
     def __post_init__(self) -> None:
         self.kind = "choice"
@@ -560,14 +955,14 @@ class ChoiceExercise(Exercise):
             )
         letter = choice_letter(answer)
         if letter not in self.options:
-            valid = ", ".join(repr(k) for k in sorted(self.options))
-            raise _ReaderError(f"{answer!r} is not an option; choose one of {valid}")
+            valid = ", ".join(f"'{k}'" for k in sorted(self.options))
+            raise _ReaderError(f"{_quoted(answer)} is not an option; choose one of {valid}")
         if letter == self.answer:
             return None
         for mistake in self.mistakes:
             if str(mistake.answer).lower() == letter:
                 return mistake
-        return f"option {letter!r} is not right. " + self._nudge()
+        return f"option '{letter}' is not right. " + self._nudge()
 
 
 # --------------------------------------------------------------------------------------

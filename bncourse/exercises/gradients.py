@@ -76,8 +76,8 @@ def _missing_mean_term(dy, x, gamma, eps):
 
 
 def _missing_gamma(dy, x, gamma, eps):
-    dx, dgamma, dbeta = _reference_backward(dy, x, gamma, eps)
-    return dx / gamma.reshape(channel_shape(x.ndim, x.shape[1])), dgamma, dbeta
+    # dx without the factor gamma is dx for gamma = 1 (dgamma and dbeta do not involve it).
+    return _reference_backward(dy, x, np.ones_like(gamma), eps)
 
 
 def _axes_by_rank(dy, x, gamma, eps):
