@@ -1,11 +1,69 @@
 """Batch normalization as a PyTorch module, written from scratch.
 
 :class:`BatchNorm` is a drop-in for ``torch.nn.BatchNorm1d``, ``BatchNorm2d`` and
-``BatchNorm3d``: the same parameter and buffer names, the same state_dict, the same outputs,
-gradients and running buffers. It calls none of torch's batch-norm functions; the
+``BatchNorm3d``: the same constructor (``bias=False`` included), parameter and buffer names,
+state_dict (old checkpoints without ``num_batches_tracked`` included), outputs, gradients of
+every order, running buffers and dtypes. It calls none of torch's batch-norm functions; the
 training-mode forward is :class:`BatchNormFunction`, a custom autograd Function whose
 backward is the compact closed form of :func:`bncourse.functional.batch_norm_backward`.
-It saves one activation-sized tensor (``x_hat``) for the backward pass.
+It saves one activation-sized tensor (``x_hat``, in the input's dtype) and two per-channel
+vectors (``inv_std`` and ``weight``) for the backward pass.
+
+How the contract of torch's layer is kept, and why:
+
+* **Derivatives of every order.** ``x_hat`` and ``inv_std`` are returned by the Function as
+  two extra differentiable outputs (:meth:`BatchNormFunction.apply` hides them, so it still
+  returns ``(y, mean, var)``) and saved *as outputs*. The backward is written in
+  differentiable tensor ops of ``dy``, ``x_hat``, ``inv_std`` and ``weight``; under
+  ``create_graph=True`` autograd records it, and a second backward reaches ``x`` through
+  the saved outputs, which lead back to this Function with gradients for ``x_hat`` and
+  ``inv_std`` (the backward accepts those too). So double backward, Hessians and gradient
+  penalties are exact, and first-order training saves and computes what it did before.
+  Forward-mode AD has its own ``jvp``; ``generate_vmap_rule`` and ``setup_context`` make the
+  Function work under ``torch.func`` (``vmap`` over ensembles, ``jacrev``, ``jvp``, ``hessian``).
+* **Reduced precision.** float16/bfloat16 inputs are normalized with statistics accumulated
+  in float32 (``mean``, ``var``, ``inv_std`` are float32); ``y``, ``x_hat`` and the input
+  gradient are in the input's dtype. Parameters and buffers must have the input's dtype,
+  or be float32 under a float16/bfloat16 input (mixed precision), exactly torch's rule;
+  anything else (a float64 input into a float32 layer) raises :class:`DtypeMismatchError`,
+  which is both a ``TypeError`` and the ``RuntimeError`` torch raises. Under
+  ``torch.autocast`` the layer computes in its input's dtype, as torch's does.
+* **Running statistics** are updated inside the Function's forward, before anything is saved
+  for backward, as torch's kernel does: non-reentrant activation checkpointing, which stops
+  recomputing once the saved tensors are back, then updates them a second time as it does
+  for torch's layer.
+* **Zero-size batches** give an empty output, zero parameter gradients and unchanged running
+  statistics (the counter still advances), like torch. Buffers set to ``None`` by hand,
+  ``momentum=None`` and the ``num_batches_tracked`` logic follow ``_BatchNorm.forward`` line
+  for line.
+* **Torch's tools.** :class:`BatchNorm` subclasses ``torch.nn.modules.batchnorm._BatchNorm``,
+  because the tools that treat BN layers specially find them with ``isinstance`` and a
+  layer they do not recognize is silently skipped (``swa_utils.update_bn`` would leave stale
+  statistics, FSDP's mixed precision would cast it to low precision). The subclass inherits
+  torch's constructor (parameter and buffer registration), ``reset_*``, ``extra_repr`` and
+  ``_load_from_state_dict``; ``forward`` and everything it computes are defined here and
+  never call ``F.batch_norm``. Consequences: ``torch.optim.swa_utils.update_bn`` and
+  ``torch.func.replace_all_batch_norm_modules_`` work on it;
+  ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` replaces it with torch's SyncBatchNorm
+  (sharing its parameters and buffers; from then on torch computes; the course's own
+  synchronized layer is ``bncourse.distributed.convert_sync_batchnorm``);
+  ``torch.ao.quantization.fuse_modules`` works on (Conv/Linear, BatchNorm[, ReLU]) because
+  importing this module registers those patterns, each fused through torch's own fuser
+  applied to :func:`to_torch` of the layer (fusing folds BN into the convolution, or hands it
+  to torch's quantization-aware modules, so nothing of this layer is left to run).
+* **TorchScript is not supported** in training mode, or whenever batch statistics are used:
+  the custom autograd Function is Python, which ``torch.jit.script`` cannot compile and a
+  saved ``torch.jit.trace`` cannot hold. ``torch.jit.script`` and tracing such a forward
+  raise a ``TypeError`` that says so and points to :func:`to_torch` (torch's layer, same
+  state) or ``torch.compile``. Tracing an eval-mode layer with running statistics works: that
+  path is plain tensor ops.
+
+Deliberate differences from torch's layer: one class for 2D to 5D inputs (torch checks the
+dimension per class, ours accepts any input with at least 2); ``num_features`` must be
+positive; ``momentum`` outside [0, 1] and a negative ``eps`` are refused; bad input raises a
+``ValueError`` where torch raises a ``RuntimeError``; for float16/bfloat16 inputs ``x_hat``
+is saved in the input's dtype (torch saves the input), so their input gradients differ from
+torch's by a rounding of that dtype.
 
 The formulas also exist here as plain tensor functions: :func:`compact_forward` and
 :func:`compact_backward` (what the Function runs, and what the compiled path compiles),
@@ -15,18 +73,30 @@ autograd, for comparison).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = [
     "BatchNorm",
     "BatchNormFunction",
+    "DtypeMismatchError",
     "batch_norm",
     "compact_forward",
     "compact_backward",
     "staged_batch_norm",
     "compiled_batch_norm",
+    "to_torch",
+    "COMPILE_RECOMPILE_LIMIT",
 ]
+
+_REDUCED = (torch.float16, torch.bfloat16)
+
+
+class DtypeMismatchError(TypeError, RuntimeError):
+    """Parameters or buffers whose dtype does not fit the input's (torch raises RuntimeError)."""
 
 
 def _dims(x: Tensor) -> list[int]:
@@ -35,6 +105,11 @@ def _dims(x: Tensor) -> list[int]:
 
 def _per_channel(v: Tensor, x: Tensor) -> Tensor:
     return v.view((1, -1) + (1,) * (x.dim() - 2))
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for float16/bfloat16 (statistics accumulate in float32), else the dtype itself."""
+    return torch.float32 if dtype in _REDUCED else dtype
 
 
 def _check_input(x: Tensor) -> None:
@@ -51,13 +126,28 @@ def _check_input(x: Tensor) -> None:
         )
 
 
+def _check_dtypes(x: Tensor, **tensors: Tensor | None) -> None:
+    """torch's rule: the input's dtype, or float32 under a float16/bfloat16 input."""
+    for name, v in tensors.items():
+        if v is None or v.dtype == x.dtype:
+            continue
+        if x.dtype in _REDUCED and v.dtype == torch.float32:
+            continue
+        raise DtypeMismatchError(
+            f"{name} is {v.dtype} but the input is {x.dtype}: parameters and buffers must "
+            f"have the input's dtype, or be float32 under a float16/bfloat16 input (as in "
+            f"torch, which raises RuntimeError here). Convert one side, e.g. "
+            f"layer.to({x.dtype}) or x.to({v.dtype})"
+        )
+
+
 def _values_per_channel(x: Tensor) -> int:
     return x.numel() // x.shape[1] if x.shape[1] else 0
 
 
 def _check_training_batch(x: Tensor) -> int:
     m = _values_per_channel(x)
-    if m < 2:
+    if m == 1:
         raise ValueError(
             f"Expected more than 1 value per channel when training, got input size "
             f"{tuple(x.shape)}: batch normalization in training mode needs m >= 2 values per "
@@ -71,6 +161,24 @@ def _check_channels(x: Tensor, num_features: int) -> None:
         raise ValueError(
             f"input has {x.shape[1]} channels on axis 1 but the layer was built for "
             f"num_features = {num_features}; got shape {tuple(x.shape)}"
+        )
+
+
+def _no_autocast(x: Tensor) -> contextlib.AbstractContextManager:
+    """Autocast off for the layer's own ops: torch's layer keeps its input's dtype too."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.autocast(device, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _refuse_tracing() -> None:
+    if torch.jit.is_tracing():
+        raise TypeError(
+            "bncourse.BatchNorm cannot be traced by TorchScript when it uses batch statistics "
+            "(training mode, or no running statistics): its autograd Function is Python, which "
+            "a saved trace cannot hold. Trace it in eval mode, use torch.compile, or trace "
+            "bncourse.layer.to_torch(layer), torch's layer with the same state"
         )
 
 
@@ -89,43 +197,127 @@ def compact_forward(
     ``var`` is the biased batch variance (what the transform divides by), computed in two
     passes like the NumPy reference: centre first, then average the squares, never as
     E[x^2] - E[x]^2. The centred tensor becomes ``x_hat`` in place, so the forward allocates
-    one activation-sized tensor besides ``y``.
+    one activation-sized tensor besides ``y``. float16/bfloat16 inputs are computed in
+    float32: the statistics stay float32, ``y`` and ``x_hat`` are returned in the input's
+    dtype. ``y`` is never the same tensor as ``x_hat``, so it may be modified in place.
     """
     dims = _dims(x)
-    mean = x.mean(dim=dims)
-    centred = x - _per_channel(mean, x)
+    compute = _compute_dtype(x.dtype)
+    xc = x if x.dtype == compute else x.to(compute)
+    mean = xc.mean(dim=dims)
+    centred = xc - _per_channel(mean, x)
     var = (centred * centred).mean(dim=dims)
     inv_std = torch.rsqrt(var + eps)
     x_hat = centred.mul_(_per_channel(inv_std, x))
     if weight is None:
-        y = x_hat if bias is None else x_hat + _per_channel(bias, x)
+        y = x_hat.clone() if bias is None else x_hat + _per_channel(bias, x)
     elif bias is None:
         y = x_hat * _per_channel(weight, x)
     else:
         y = torch.addcmul(_per_channel(bias, x), x_hat, _per_channel(weight, x))
+    if y.dtype != x.dtype:
+        y = y.to(x.dtype)
+    if x_hat.dtype != x.dtype:
+        x_hat = x_hat.to(x.dtype)
     return y, x_hat, mean, var, inv_std
 
 
 def compact_backward(
-    dy: Tensor, x_hat: Tensor, inv_std: Tensor, weight: Tensor | None
-) -> tuple[Tensor, Tensor, Tensor]:
+    dy: Tensor | None,
+    x_hat: Tensor,
+    inv_std: Tensor,
+    weight: Tensor | None,
+    dx_hat: Tensor | None = None,
+    dinv_std: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
     r"""$dx = \gamma (dy - \overline{dy} - \hat{x} \overline{dy\hat{x}}) / \sqrt{\sigma^2+\epsilon}$
 
     Returns ``(dx, dgamma, dbeta)``.
 
     Bars are per-channel means over the reduced axes, so this is the closed form of
     :func:`bncourse.functional.batch_norm_backward` with the ``1/m`` moved inside.
+
+    ``dx_hat`` and ``dinv_std`` are gradients that reach ``x_hat`` and ``inv_std`` directly
+    (a second backward through this one does that); ``x_hat`` adds its own term of the same
+    form with $\gamma = 1$, and since $\partial s/\partial x_i = -s^2\hat{x}_i/m$ for
+    $s = 1/\sqrt{\sigma^2+\epsilon}$, ``dinv_std`` adds $-s^2\hat{x}\,ds/m$. Every step is a
+    differentiable tensor op, so autograd can differentiate this function again.
+    ``dy`` may be ``None`` (then ``dgamma`` and ``dbeta`` are ``None``).
     """
     dims = _dims(x_hat)
-    m = _values_per_channel(x_hat)
-    dbeta = dy.sum(dim=dims)
-    dgamma = (dy * x_hat).sum(dim=dims)
-    scale = inv_std if weight is None else inv_std * weight
-    k = scale / m
-    # Two activation-sized writes: dx = -k*dbeta - k*dgamma*x_hat, then dx += scale*dy.
-    dx = torch.addcmul(_per_channel(-dbeta * k, x_hat), x_hat, _per_channel(-dgamma * k, x_hat))
-    dx.addcmul_(dy, _per_channel(scale, x_hat))
+    m = max(_values_per_channel(x_hat), 1)
+    out_dtype = x_hat.dtype
+    compute = inv_std.dtype
+    if x_hat.dtype != compute:
+        x_hat = x_hat.to(compute)
+    scale = inv_std if weight is None else inv_std * weight.to(compute)
+    k = inv_std / m
+    dbeta = dgamma = None
+    shift = coeff = None  # per-channel: dx = shift + coeff * x_hat + direct terms
+    if dy is not None:
+        if dy.dtype != compute:
+            dy = dy.to(compute)
+        dbeta = dy.sum(dim=dims)
+        dgamma = (dy * x_hat).sum(dim=dims)
+        wk = k if weight is None else k * weight.to(compute)
+        shift, coeff = -dbeta * wk, -dgamma * wk
+    if dx_hat is not None:
+        if dx_hat.dtype != compute:
+            dx_hat = dx_hat.to(compute)
+        s1 = -dx_hat.sum(dim=dims) * k
+        s2 = -(dx_hat * x_hat).sum(dim=dims) * k
+        shift = s1 if shift is None else shift + s1
+        coeff = s2 if coeff is None else coeff + s2
+    if dinv_std is not None:
+        s3 = -dinv_std.to(compute) * inv_std * inv_std / m
+        coeff = s3 if coeff is None else coeff + s3
+    if coeff is None:
+        dx = torch.zeros_like(x_hat)
+    else:
+        # Two activation-sized writes in the first-order case: the per-channel terms,
+        # then the direct term scale * dy.
+        if shift is None:
+            dx = x_hat * _per_channel(coeff, x_hat)
+        else:
+            dx = torch.addcmul(_per_channel(shift, x_hat), x_hat, _per_channel(coeff, x_hat))
+    if dy is not None:
+        dx = dx.addcmul_(dy, _per_channel(scale, x_hat))
+    if dx_hat is not None:
+        dx = dx.addcmul_(dx_hat, _per_channel(inv_std, x_hat))
+    if dx.dtype != out_dtype:
+        dx = dx.to(out_dtype)
     return dx, dgamma, dbeta
+
+
+def _jvp_formula(
+    tx: Tensor | None, tw: Tensor | None, tb: Tensor | None,
+    x_hat: Tensor, inv_std: Tensor, weight: Tensor | None, out_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Tangents of ``(y, x_hat, inv_std)`` for tangents ``tx``, ``tw``, ``tb`` of the inputs.
+
+    $\dot{\hat{x}} = s(\dot{x} - \overline{\dot{x}} - \hat{x}\,\overline{\hat{x}\dot{x}})$,
+    $\dot{s} = -s^2\,\overline{\hat{x}\dot{x}}$ and
+    $\dot{y} = \gamma\dot{\hat{x}} + \dot\gamma\hat{x} + \dot\beta$.
+    """
+    dims = _dims(x_hat)
+    compute = inv_std.dtype
+    xh = x_hat if x_hat.dtype == compute else x_hat.to(compute)
+    if tx is None:
+        t_hat = torch.zeros_like(xh)
+        t_inv = torch.zeros_like(inv_std)
+    else:
+        txc = tx if tx.dtype == compute else tx.to(compute)
+        mean_t = txc.mean(dim=dims)
+        mean_xt = (xh * txc).mean(dim=dims)
+        t_hat = (txc - _per_channel(mean_t, xh) - xh * _per_channel(mean_xt, xh)) \
+            * _per_channel(inv_std, xh)
+        t_inv = -inv_std * inv_std * mean_xt
+    ty = t_hat if weight is None else t_hat * _per_channel(weight.to(compute), xh)
+    if tw is not None:
+        ty = ty + xh * _per_channel(tw.to(compute), xh)
+    if tb is not None:
+        ty = ty + _per_channel(tb.to(compute), xh)
+    return ty.to(out_dtype), t_hat.to(out_dtype), t_inv
 
 
 def staged_batch_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
@@ -142,35 +334,106 @@ def staged_batch_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5
     return x_hat * _per_channel(weight, x) + _per_channel(bias, x)
 
 
-class BatchNormFunction(torch.autograd.Function):
-    """Training-mode batch normalization with the analytic backward.
+def _update_running(
+    running: Tensor, batch: Tensor, momentum: float
+) -> None:
+    """``running <- (1 - momentum) running + momentum batch``, in place, in float32 at least."""
+    if running.dtype == batch.dtype:
+        running.mul_(1.0 - momentum).add_(batch, alpha=momentum)
+    else:
+        running.copy_(running.to(batch.dtype).mul_(1.0 - momentum).add_(batch, alpha=momentum))
 
-    ``forward(x, weight, bias, eps) -> (y, mean, var)``: ``mean`` and ``var`` are the biased
-    batch statistics (for the running-statistics update); they are returned as
-    non-differentiable outputs. ``weight`` and ``bias`` may be ``None`` (``affine=False``).
-    Saved for backward: ``x_hat`` (activation-sized), ``inv_std`` and ``weight`` (per channel).
-    """
+
+class _BatchNormCore(torch.autograd.Function):
+    """The Function itself: outputs ``(y, mean, var, x_hat, inv_std)``; see BatchNormFunction."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps):  # type: ignore[override]
+    def forward(x, weight, bias, eps, running_mean=None, running_var=None, momentum=0.0):  # type: ignore[override]
         y, x_hat, mean, var, inv_std = compact_forward(x, weight, bias, eps)
-        ctx.save_for_backward(x_hat, inv_std, weight)
-        ctx.mark_non_differentiable(mean, var)
-        return y, mean, var
+        m = _values_per_channel(x)
+        if running_mean is not None and running_var is not None and m > 0:
+            _update_running(running_mean, mean, momentum)
+            _update_running(running_var, var * (m / (m - 1)), momentum)
+        return y, mean, var, x_hat, inv_std
 
     @staticmethod
-    def backward(ctx, dy, _dmean, _dvar):  # type: ignore[override]
+    def setup_context(ctx, inputs, output):  # type: ignore[override]
+        weight = inputs[1]
+        _, mean, var, x_hat, inv_std = output
+        ctx.save_for_backward(x_hat, inv_std, weight)
+        ctx.save_for_forward(x_hat, inv_std, weight)
+        ctx.mark_non_differentiable(mean, var)
+        ctx.set_materialize_grads(False)
+        ctx.bias_dtype = None if inputs[2] is None else inputs[2].dtype
+
+    @staticmethod
+    def backward(ctx, dy, _dmean, _dvar, dx_hat, dinv_std):  # type: ignore[override]
         x_hat, inv_std, weight = ctx.saved_tensors
-        dx, dgamma, dbeta = compact_backward(dy, x_hat, inv_std, weight)
+        if dy is None and dx_hat is None and dinv_std is None:
+            return None, None, None, None, None, None, None
+        dx, dgamma, dbeta = compact_backward(dy, x_hat, inv_std, weight, dx_hat, dinv_std)
+        if dgamma is not None and weight is not None:
+            dgamma = dgamma.to(weight.dtype)
+        if dbeta is not None and ctx.bias_dtype is not None:
+            dbeta = dbeta.to(ctx.bias_dtype)
         return (
             dx if ctx.needs_input_grad[0] else None,
             dgamma if ctx.needs_input_grad[1] else None,
             dbeta if ctx.needs_input_grad[2] else None,
-            None,
+            None, None, None, None,
         )
 
+    @staticmethod
+    def jvp(ctx, tx, tw, tb, *_):  # type: ignore[override]
+        x_hat, inv_std, weight = ctx.saved_tensors
+        ty, t_hat, t_inv = _jvp_formula(tx, tw, tb, x_hat, inv_std, weight, x_hat.dtype)
+        return ty, None, None, t_hat, t_inv
 
-_COMPILED: dict[float, object] = {}
+
+class BatchNormFunction(_BatchNormCore):
+    """Training-mode batch normalization with the analytic backward, differentiable again.
+
+    ``apply(x, weight, bias, eps, running_mean=None, running_var=None, momentum=0.0)``
+    returns ``(y, mean, var)``: ``mean`` and ``var`` are the biased batch statistics,
+    non-differentiable. ``weight`` and ``bias`` may be ``None``. When running buffers are
+    given they are updated in place during the forward (``momentum`` weights the new
+    batch; the unbiased variance is stored; an empty batch leaves them as they are).
+
+    The forward, backward, ``jvp`` and vmap rule are those of its base class, which has two
+    more outputs, ``x_hat`` and ``inv_std``: they are what it saves for backward (one
+    activation-sized tensor and one per-channel vector, plus ``weight``), and, saved as
+    outputs, they keep the graph back to ``x`` when the backward is itself differentiated
+    (see the module docstring). ``apply`` returns the three outputs a caller uses; the layer
+    and the compiled path call the base class directly.
+    """
+
+    @classmethod
+    def apply(cls, *args, **kwargs):  # type: ignore[override]
+        y, mean, var, _, _ = _BatchNormCore.apply(*args, **kwargs)
+        return y, mean, var
+
+
+def _batch_norm_train(x, weight, bias, eps, running_mean=None, running_var=None, momentum=0.0):
+    return _BatchNormCore.apply(x, weight, bias, eps, running_mean, running_var, momentum)[0]
+
+
+# --------------------------------------------------------------------------------------
+# The compiled path
+# --------------------------------------------------------------------------------------
+
+#: How many compiled variants :func:`compiled_batch_norm` allows (Dynamo's recompile limit
+#: while it compiles). Shapes of one number of dimensions and dtype share one dynamic graph
+#: after the second, so this counts (ndim, dtype, device, eps, ...) combinations, not shapes.
+COMPILE_RECOMPILE_LIMIT = 64
+
+_COMPILED: list = []
+_COMPILED_KEYS: set = set()
+
+
+def _compiled_target(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    return _BatchNormCore.apply(x, weight, bias, eps)[0]
 
 
 def compiled_batch_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
@@ -180,16 +443,41 @@ def compiled_batch_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e
     it to show what fusing the closed form buys. One compiled entry covers the Function, so
     its forward and its analytic backward each become one fused kernel. Running statistics
     are not updated.
+
+    Any number of shapes: the first shape of a kind is compiled static, and when a second
+    shape arrives Dynamo recompiles with the changed sizes symbolic (automatic dynamic
+    shapes), which then serves every further shape. New variants (another dtype, number of
+    dimensions, device or ``eps``) are compiled with Dynamo's recompile limit raised to
+    :data:`COMPILE_RECOMPILE_LIMIT`; past it this function raises Dynamo's
+    ``FailOnRecompileLimitHit`` instead of silently running eagerly.
     """
     _check_input(x)
-    _check_training_batch(x)
-    fn = _COMPILED.get(eps)
-    if fn is None:
-        fn = torch.compile(
-            lambda x, w, b: BatchNormFunction.apply(x, w, b, eps)[0], dynamic=False
-        )
-        _COMPILED[eps] = fn
-    return fn(x, weight, bias)
+    if _check_training_batch(x) == 0:
+        return _compiled_target(x, weight, bias, eps)
+    if not _COMPILED:
+        _COMPILED.append(torch.compile(_compiled_target, dynamic=None))
+    fn = _COMPILED[0]
+    key = (
+        x.dim(), tuple(x.shape), x.dtype, x.device, x.requires_grad, float(eps),
+        None if weight is None else (weight.dtype, weight.requires_grad),
+        None if bias is None else (bias.dtype, bias.requires_grad),
+        torch.is_grad_enabled(),
+    )
+    if key in _COMPILED_KEYS:
+        return fn(x, weight, bias, eps)
+    import torch._dynamo as dynamo
+
+    with dynamo.config.patch(
+        recompile_limit=COMPILE_RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True
+    ):
+        y = fn(x, weight, bias, eps)
+    _COMPILED_KEYS.add(key)
+    return y
+
+
+# --------------------------------------------------------------------------------------
+# The functional form and the module
+# --------------------------------------------------------------------------------------
 
 
 def batch_norm(
@@ -207,6 +495,7 @@ def batch_norm(
     In training mode the batch statistics normalize ``x`` and, when running buffers are
     given, update them in place (PyTorch's convention: ``momentum`` weights the new batch,
     the unbiased variance is stored). In eval mode the running statistics normalize ``x``.
+    float16/bfloat16 inputs are computed in float32 and returned in their own dtype.
     """
     _check_input(x)
     c = x.shape[1]
@@ -217,23 +506,32 @@ def batch_norm(
                 f"{name} must have shape (C,) = ({c},), one value per channel; "
                 f"got {tuple(v.shape)}"
             )
+    _check_dtypes(x, weight=weight, bias=bias, running_mean=running_mean,
+                  running_var=running_var)
     if training:
-        m = _check_training_batch(x)
-        y, mean, var = BatchNormFunction.apply(x, weight, bias, eps)
-        if running_mean is not None and running_var is not None:
-            with torch.no_grad():
-                running_mean.mul_(1.0 - momentum).add_(mean, alpha=momentum)
-                running_var.mul_(1.0 - momentum).add_(var * (m / (m - 1)), alpha=momentum)
-        return y
+        if (running_mean is None) != (running_var is None):
+            raise ValueError(
+                "running_mean and running_var must either both be None or neither be None"
+            )
+        _check_training_batch(x)
+        _refuse_tracing()
+        with _no_autocast(x):
+            return _batch_norm_train(x, weight, bias, eps, running_mean, running_var,
+                                     float(momentum))
     if running_mean is None or running_var is None:
         raise ValueError("eval-mode batch normalization needs running_mean and running_var")
-    inv_std = torch.rsqrt(running_var + eps)
-    scale = inv_std if weight is None else inv_std * weight
-    shift = -running_mean * scale if bias is None else bias - running_mean * scale
-    return torch.addcmul(_per_channel(shift, x), x, _per_channel(scale, x))
+    with _no_autocast(x):
+        compute = _compute_dtype(x.dtype)
+        inv_std = torch.rsqrt(running_var.to(compute) + eps)
+        scale = inv_std if weight is None else inv_std * weight.to(compute)
+        shift = -running_mean.to(compute) * scale
+        if bias is not None:
+            shift = shift + bias.to(compute)
+        y = torch.addcmul(_per_channel(shift, x), x, _per_channel(scale, x))
+    return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
-class BatchNorm(nn.Module):
+class BatchNorm(_BatchNorm):
     r"""Batch normalization over axis 1 of an ``(N, C)`` or ``(N, C, *spatial)`` input.
 
     $y = \gamma \hat{x} + \beta$. In training mode $\hat{x}$ uses the batch mean and the
@@ -242,12 +540,10 @@ class BatchNorm(nn.Module):
     unbiased variance is stored). In eval mode $\hat{x}$ uses the running statistics.
 
     Parameters ``weight`` ($\gamma$, ones) and ``bias`` ($\beta$, zeros) exist when
-    ``affine``; buffers ``running_mean`` (zeros), ``running_var`` (ones) and
-    ``num_batches_tracked`` exist when ``track_running_stats``, otherwise they are ``None``
-    and batch statistics are used in eval mode too, as in torch.
+    ``affine`` (``bias=False`` drops $\beta$); buffers ``running_mean`` (zeros),
+    ``running_var`` (ones) and ``num_batches_tracked`` exist when ``track_running_stats``,
+    otherwise they are ``None`` and batch statistics are used in eval mode too, as in torch.
     """
-
-    _version = 2
 
     def __init__(
         self,
@@ -258,8 +554,9 @@ class BatchNorm(nn.Module):
         track_running_stats: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        bias: bool = True,
     ) -> None:
-        super().__init__()
         if not isinstance(num_features, int) or num_features < 1:
             raise ValueError(f"num_features must be a positive integer; got {num_features!r}")
         if not float(eps) >= 0.0:
@@ -269,59 +566,34 @@ class BatchNorm(nn.Module):
                 f"momentum weights the new batch (PyTorch's convention) and must lie in "
                 f"[0, 1], or be None for a cumulative average; got {momentum}"
             )
-        factory = {"device": device, "dtype": dtype}
-        self.num_features = num_features
-        self.eps = float(eps)
-        self.momentum = momentum
-        self.affine = affine
-        self.track_running_stats = track_running_stats
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_features, **factory))
-            self.bias = nn.Parameter(torch.zeros(num_features, **factory))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-            self.register_buffer("running_var", torch.ones(num_features, **factory))
-            self.register_buffer(
-                "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
-            )
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
+        super().__init__(num_features, float(eps), momentum, affine, track_running_stats,
+                         device=device, dtype=dtype, bias=bias)
 
-    def reset_running_stats(self) -> None:
-        """Running mean 0, running variance 1, no batches tracked."""
-        if self.track_running_stats:
-            self.running_mean.zero_()
-            self.running_var.fill_(1.0)
-            self.num_batches_tracked.zero_()
+    def _check_input_dim(self, input: Tensor) -> None:
+        _check_input(input)
 
-    def reset_parameters(self) -> None:
-        """gamma = 1, beta = 0, and fresh running statistics."""
-        self.reset_running_stats()
-        if self.affine:
-            nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}, track_running_stats={self.track_running_stats}"
+    def __prepare_scriptable__(self):
+        raise TypeError(
+            "bncourse.BatchNorm does not support torch.jit.script: its training-mode forward "
+            "is a custom autograd Function written in Python, which TorchScript cannot "
+            "compile. Use torch.compile, or script bncourse.layer.to_torch(layer), torch's "
+            "layer with the same parameters and buffers"
         )
 
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x)
         _check_channels(x, self.num_features)
-        use_batch_stats = self.training or self.running_mean is None
+        # The same decisions as torch's _BatchNorm.forward, in the same order.
         factor = 0.0 if self.momentum is None else float(self.momentum)
-        if self.training and self.track_running_stats:
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
             if self.momentum is None:
                 factor = 1.0 / float(self.num_batches_tracked)
-        track = not use_batch_stats or self.track_running_stats
+        if self.training:
+            use_batch_stats = True
+        else:
+            use_batch_stats = self.running_mean is None and self.running_var is None
+        track = not self.training or self.track_running_stats
         return batch_norm(
             x,
             self.running_mean if track else None,
@@ -333,10 +605,65 @@ class BatchNorm(nn.Module):
             eps=self.eps,
         )
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, *args):
-        # State dicts saved before num_batches_tracked existed (torch's version 1) lack it.
-        version = local_metadata.get("version", None)
-        key = prefix + "num_batches_tracked"
-        if (version is None or version < 2) and self.track_running_stats and key not in state_dict:
-            state_dict[key] = torch.tensor(0, dtype=torch.long)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, *args)
+
+def to_torch(layer: BatchNorm, spatial_dims: int = 2) -> _BatchNorm:
+    """torch's ``BatchNorm1d/2d/3d`` with the settings of ``layer``, sharing its tensors.
+
+    ``spatial_dims`` picks the class: 0 or 1 (``(N, C)`` or ``(N, C, L)`` inputs) gives
+    ``BatchNorm1d``, 2 gives ``BatchNorm2d``, 3 gives ``BatchNorm3d``. The parameters and
+    buffers are the same tensor objects (an optimizer holding them keeps working), and the
+    training flag is copied. For what torch's layer offers and this one does not
+    (TorchScript, quantization-aware fusion).
+    """
+    classes = {0: nn.BatchNorm1d, 1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+    if spatial_dims not in classes:
+        raise ValueError(f"spatial_dims must be 0, 1, 2 or 3; got {spatial_dims!r}")
+    if not isinstance(layer, BatchNorm):
+        raise TypeError(f"to_torch converts a bncourse.BatchNorm; got {type(layer).__name__}")
+    out = classes[spatial_dims](
+        layer.num_features, layer.eps, layer.momentum, layer.affine, layer.track_running_stats,
+        device="meta", bias=layer.bias is not None,
+    )
+    for name in ("weight", "bias"):
+        if name in layer._parameters:
+            out._parameters[name] = layer._parameters[name]
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        if name in layer._buffers:
+            out._buffers[name] = layer._buffers[name]
+    out.train(layer.training)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# torch.ao.quantization.fuse_modules: (Conv/Linear, BatchNorm[, ReLU]) patterns
+# --------------------------------------------------------------------------------------
+
+_TORCH_BN_SPATIAL = {nn.BatchNorm1d: 1, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3}
+
+
+def _fuse_through_torch(torch_fuser, spatial_dims: int):
+    def fuse(is_qat, *modules):
+        converted = [to_torch(m, spatial_dims) if isinstance(m, BatchNorm) else m
+                     for m in modules]
+        return torch_fuser(is_qat, *converted)
+
+    return fuse
+
+
+def _register_fusion_patterns() -> None:
+    """Register (…, bncourse.BatchNorm, …) beside each of torch's (…, BatchNormNd, …) patterns."""
+    try:
+        from torch.ao.quantization import fuser_method_mappings
+        table = fuser_method_mappings._DEFAULT_OP_LIST_TO_FUSER_METHOD
+    except (ImportError, AttributeError):  # another torch: fuse_modules then refuses loudly
+        return
+    for pattern, fuser in list(table.items()):
+        bns = [t for t in pattern if t in _TORCH_BN_SPATIAL]
+        if len(bns) != 1:
+            continue
+        ours = tuple(BatchNorm if t is bns[0] else t for t in pattern)
+        if ours not in table:
+            table[ours] = _fuse_through_torch(fuser, _TORCH_BN_SPATIAL[bns[0]])
+
+
+_register_fusion_patterns()
