@@ -293,3 +293,514 @@ def test_progress_lists_every_exercise_by_chapter_with_its_latest_verdict():
     html = table._repr_html_()
     assert html.count("<table>") == len({e.chapter for e in EXERCISES.values()})
     assert "bncourse-passed" in html and "bncourse-failed" in html
+
+
+# --------------------------------------------------------------------------------------
+# Section "the checker is never wrong": right answers it must accept
+# --------------------------------------------------------------------------------------
+
+
+def test_a_zero_computed_in_float32_is_right_and_called_round_off():
+    from bncourse.exercises.gradients import SUM_DX_DY, SUM_DX_EPS, SUM_DX_GAMMA, SUM_DX_X
+
+    x = torch.tensor(SUM_DX_X, dtype=torch.float32, requires_grad=True)
+    gamma = torch.tensor(SUM_DX_GAMMA, dtype=torch.float32)
+    y = torch.nn.functional.batch_norm(x, None, None, gamma, None, training=True,
+                                       eps=SUM_DX_EPS)
+    y.backward(torch.tensor(SUM_DX_DY, dtype=torch.float32))
+    for total in (float(x.grad.sum()), float(np.float32(1.0) + np.float32(2.0 ** -23)) - 1.0,
+                  -EXERCISES["gradients.sum_dx"].roundoff):
+        result = check("gradients.sum_dx", total)
+        assert result.passed, f"{total!r}: {result.message}"
+        if total != 0.0:
+            assert "that is round-off; the exact value is 0" in result.message
+    # Past float32 round-off of the terms, a number is wrong again.
+    assert not check("gradients.sum_dx", 10 * EXERCISES["gradients.sum_dx"].roundoff).passed
+
+
+def test_zero_scale_belongs_to_exercises_whose_value_is_zero():
+    with pytest.raises(TypeError, match="zero_scale"):
+        NumberExercise(id="t.z", chapter=1, title="t", value=1.0, zero_scale=2.0)
+    exact = NumberExercise(id="t.z", chapter=1, title="t", value=0.0, atol=1e-12)
+    assert not exact.check(1e-7).passed  # no zero_scale: no round-off allowance
+
+
+def test_decimal_and_fraction_answers_are_numbers():
+    import decimal
+    import fractions
+
+    assert check("invariance.gradient_scale", decimal.Decimal("0.25")).passed
+    assert check("invariance.gradient_scale", fractions.Fraction(1, 4)).passed
+    result = check("invariance.gradient_scale", decimal.Decimal("4"))
+    assert result.mistake == "grows_with_scale"
+    assert "Decimal" not in check("invariance.gradient_scale", decimal.Decimal("0.3")).message
+
+
+def test_text_answers_to_number_exercises_say_what_is_wrong_with_them():
+    quoted = check("invariance.gradient_scale", "0.25")
+    assert quoted.status == FAILED and "without quotes" in quoted.message
+    junk = check("invariance.gradient_scale", "a quarter")
+    assert junk.status == FAILED and "'a quarter' is not a number" in junk.message
+    assert check("invariance.gradient_scale", "  ").status == NOT_ATTEMPTED
+
+
+def test_the_hand_computation_with_pytorchs_eps_is_recognised_and_names_eps():
+    from bncourse.exercises import formula
+
+    x, gamma, beta = formula.HAND_BATCH, formula.HAND_GAMMA, formula.HAND_BETA
+    with_eps = gamma * (x[-1] - x.mean()) / np.sqrt(x.var() + 1e-5) + beta
+    for written in (with_eps, round(with_eps, 5), round(with_eps, 6)):
+        result = check("formula.hand_computed", written)
+        assert result.status == FAILED and result.mistake is not None, (written, result)
+        assert "eps" in result.message and "not the expected value" not in result.message
+    assert check("formula.hand_computed", float(formula.HAND_COMPUTED.value)).passed
+
+
+def test_a_near_miss_has_its_own_tolerance():
+    from bncourse.exercises.core import Mistake
+
+    exercise = NumberExercise(
+        id="t.near", chapter=1, title="t", value=6.5, rtol=1e-6,
+        mistakes=(Mistake("eps", "you used eps = 1e-5", 6.499985, rtol=1e-5),))
+    assert exercise.check(6.49999).mistake == "eps"
+    assert exercise.check(6.49997).mistake == "eps"
+    assert exercise.check(6.5).passed  # the right value wins over a near miss
+    assert exercise.check(6.4999).mistake is None
+
+
+def test_an_answer_computed_in_float32_is_told_the_check_works_in_float64():
+    reference = EXERCISES["formula.forward"].reference
+
+    def forward32(x, gamma, beta, eps):
+        y = reference(x.astype(np.float32), gamma.astype(np.float32),
+                      beta.astype(np.float32), eps)
+        return y.astype(x.dtype)
+
+    result = check("formula.forward", forward32)
+    assert result.status == FAILED
+    assert "float32 round-off" in result.message and "float64" in result.message
+    assert "not one of the usual mistakes" not in result.message
+
+
+def test_an_ndarray_gets_its_article():
+    from bncourse.exercises.core import _a
+
+    assert _a("ndarray") == "an ndarray" and _a("int") == "an int" and _a("list") == "a list"
+    message = check("formula.conv_axes", np.array(["b"])).message
+    assert "an ndarray" in message and "a ndarray" not in message
+
+
+# --------------------------------------------------------------------------------------
+# Wrong statuses: None, partial stubs
+# --------------------------------------------------------------------------------------
+
+
+def _right(eid):
+    reference = EXERCISES[eid].reference
+
+    def answer(*args):
+        return reference(*args)
+
+    return answer
+
+
+def test_a_function_that_returns_none_has_failed_and_is_asked_about_return():
+    right = _right("formula.forward")
+
+    def forgot_return(x, gamma, beta, eps):
+        right(x, gamma, beta, eps)
+
+    def none_in_one_branch(x, gamma, beta, eps):
+        if x.ndim == 2:
+            return right(x, gamma, beta, eps)
+
+    for answer in (forgot_return, none_in_one_branch):
+        result = check("formula.forward", answer)
+        assert result.status == FAILED, result
+        assert "returned None for" in result.message
+        assert "did you forget `return`?" in result.message
+    assert "(N, C, H, W)" in check("formula.forward", none_in_one_branch).message or \
+        "shape (" in check("formula.forward", none_in_one_branch).message
+
+
+def test_only_the_untouched_stub_is_not_attempted():
+    right = _right("formula.forward")
+
+    def partly_done(x, gamma, beta, eps):
+        if x.ndim > 2:
+            raise NotImplementedError
+        return right(x, gamma, beta, eps)
+
+    result = check("formula.forward", partly_done)
+    assert result.status == FAILED
+    assert "NotImplementedError" in result.message and "other cases" in result.message
+    assert check("formula.forward", _raises_not_implemented).status == NOT_ATTEMPTED
+
+
+# --------------------------------------------------------------------------------------
+# Robustness: nothing but KeyboardInterrupt escapes, and nothing fools the comparison
+# --------------------------------------------------------------------------------------
+
+
+class _Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("no message")
+
+
+def test_system_exit_and_unprintable_exceptions_are_failures():
+    import sys
+
+    def exits(*args):
+        sys.exit(3)
+
+    def raises_system_exit(*args):
+        raise SystemExit("bye")
+
+    def unprintable(*args):
+        raise _Unprintable
+
+    for eid in ("formula.forward", "gradients.backward", "invariance.jacobian"):
+        for answer, word in ((exits, "sys.exit"), (raises_system_exit, "SystemExit"),
+                             (unprintable, "_Unprintable")):
+            result = check(eid, answer)
+            assert result.status == FAILED and word in result.message, (eid, result)
+
+
+def test_keyboard_interrupt_goes_through():
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        check("formula.forward", interrupted)
+
+
+def test_expected_values_are_computed_before_the_answer_runs():
+    import bncourse.functional as functional
+
+    saved = functional.batch_norm_forward
+
+    def sabotage(x, gamma, beta, eps):
+        functional.batch_norm_forward = lambda *a, **k: (np.zeros_like(a[0]), None)
+        return np.zeros_like(x)
+
+    try:
+        result = check("formula.forward", sabotage)
+        assert result.status == FAILED
+        assert functional.batch_norm_forward is saved, "the checker did not restore it"
+    finally:
+        functional.batch_norm_forward = saved
+
+
+def test_replacing_numpy_comparisons_does_not_pass_and_is_undone():
+    names = ("allclose", "isclose", "array_equal", "abs", "max", "all", "asarray")
+    saved = {name: getattr(np, name) for name in names}
+
+    def cheat(x, gamma, beta, eps):
+        np.allclose = lambda *a, **k: True
+        np.isclose = lambda a, b, **k: np.ones(np.shape(a), dtype=bool)
+        np.array_equal = lambda *a, **k: True
+        np.abs = lambda a: 0 * a
+        np.max = lambda a, *r, **k: 0.0
+        np.all = lambda *a, **k: True
+        return np.zeros_like(x)
+
+    try:
+        assert check("formula.forward", cheat).status == FAILED
+        assert all(getattr(np, name) is saved[name] for name in names)
+        # A later wrong answer is still wrong.
+        assert check("formula.forward", lambda x, g, b, e: x.copy()).status == FAILED
+    finally:
+        for name, value in saved.items():
+            setattr(np, name, value)
+
+
+class _AlwaysClose(np.ndarray):
+    def __eq__(self, other):
+        return np.ones(self.shape, dtype=bool)
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        return np.zeros(np.broadcast_shapes(*(np.shape(i) for i in inputs)))
+
+    def allclose(self, *args, **kwargs):
+        return True
+
+
+def test_ndarray_subclasses_and_masked_arrays_are_judged_by_their_data():
+    def subclass(x, gamma, beta, eps):
+        return np.zeros_like(x).view(_AlwaysClose)
+
+    def masked(x, gamma, beta, eps):
+        return np.ma.masked_array(np.zeros_like(x), mask=np.ones(x.shape, dtype=bool))
+
+    def masked_right(x, gamma, beta, eps):
+        return np.ma.masked_array(EXERCISES["formula.forward"].reference(x, gamma, beta, eps))
+
+    assert check("formula.forward", subclass).status == FAILED
+    assert check("formula.forward", masked).status == FAILED
+    assert check("formula.forward", masked_right).passed
+
+
+def _slow_forward(seconds):
+    right = _right("formula.forward")
+
+    def slow(x, gamma, beta, eps):
+        import time
+
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            pass
+        return right(x, gamma, beta, eps)
+
+    return slow
+
+
+def _short_limit(limit):
+    import dataclasses
+
+    return dataclasses.replace(EXERCISES["formula.forward"], time_limit=limit)
+
+
+def test_an_answer_that_runs_too_long_is_stopped_with_a_clear_message():
+    import time
+
+    exercise = _short_limit(0.3)
+
+    def endless(x, gamma, beta, eps):
+        while True:
+            pass
+
+    def swallows_exceptions(x, gamma, beta, eps):
+        try:
+            while True:
+                pass
+        except Exception:
+            return x
+
+    for answer in (endless, swallows_exceptions):
+        start = time.monotonic()
+        result = exercise.check(answer)
+        assert time.monotonic() - start < 5
+        assert result.status == FAILED and "time limit" in result.message, result
+    assert exercise.check(_right("formula.forward")).passed
+
+
+def test_the_time_limit_holds_outside_the_main_thread_too():
+    import threading
+    import time
+
+    exercise = _short_limit(0.3)
+    results = []
+    worker = threading.Thread(target=lambda: results.append(exercise.check(_slow_forward(2))))
+    start = time.monotonic()
+    worker.start()
+    worker.join(10)
+    assert time.monotonic() - start < 5 and results
+    assert results[0].status == FAILED and "time limit" in results[0].message
+
+
+# --------------------------------------------------------------------------------------
+# The case rule, and the wrong answers it exposes
+# --------------------------------------------------------------------------------------
+
+FUNCTION_IDS = [eid for eid in IDS if isinstance(EXERCISES[eid], FunctionExercise)]
+
+
+def _rule_says(what):
+    """The function exercises whose case rule has ``what`` (has_gamma, has_channels, ...)."""
+    return [eid for eid in FUNCTION_IDS
+            if EXERCISES[eid].rule is not None and getattr(EXERCISES[eid].rule, what)]
+
+
+@pytest.mark.parametrize("eid", FUNCTION_IDS)
+def test_every_function_exercise_has_a_case_list_that_follows_the_rule(eid):
+    from bncourse.exercises._cases import RULES
+
+    exercise = EXERCISES[eid]
+    assert eid in RULES, f"{eid} has no case rule in bncourse/exercises/_cases.py RULES"
+    assert exercise.rule is RULES[eid]
+    problems = exercise.rule.problems(exercise.all_cases())
+    assert not problems, f"{eid}: its cases break the rule: {problems}"
+    # The rule's cases are seeded: the same list on every call.
+    again = exercise.all_cases()
+    for a, b in zip(exercise.all_cases(), again, strict=True):
+        assert a.label == b.label
+        for u, v in zip(a.args, b.args, strict=True):
+            assert np.array_equal(u, v) if isinstance(u, np.ndarray) else u == v
+
+
+def test_the_lists_of_relevant_exercises_are_not_empty():
+    for what in ("has_gamma", "has_channels", "dtype_promised"):
+        assert _rule_says(what), what
+
+
+def test_the_rule_notices_each_missing_kind_of_case():
+    from bncourse.exercises._cases import CaseRule
+
+    rule = CaseRule("t.rule", ("x", "gamma", "beta", "eps"), (2, 3, 4, 5),
+                    dtype_promised=True)
+    cases = rule.cases()
+    assert rule.problems(cases) == []
+    only_2d = [c for c in cases if c.args[0].ndim == 2]
+    assert "no case of rank 5" in rule.problems(only_2d)
+    positive = [c for c in cases if (c.args[1] > 0).all()]
+    assert {"no negative gamma", "no zero gamma"} <= set(rule.problems(positive))
+    assert "no one-channel case (C = 1)" in rule.problems(
+        [c for c in cases if c.args[0].shape[1] != 1])
+    assert "no float32 case" in rule.problems(
+        [c for c in cases if c.args[0].dtype != np.float32])
+    assert "no repeated shape with new values" in rule.problems(cases[:1])
+
+
+def _channel_shape(ndim):
+    return (1, -1) + (1,) * (ndim - 2)
+
+
+def _axes_right(ndim):
+    return (0, *range(2, ndim))
+
+
+def _axes_only_for_4d(ndim):
+    return (0, 2, 3) if ndim == 4 else (0,)
+
+
+def _axes_up_to_4d(ndim):
+    return {2: (0,), 3: (0, 2)}.get(ndim, (0, 2, 3))
+
+
+def _forward_by(axes_of):
+    def forward(x, gamma, beta, eps):
+        axes, shape = axes_of(x.ndim), _channel_shape(x.ndim)
+        mu, var = x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
+        return gamma.reshape(shape) * (x - mu) / np.sqrt(var + eps) + beta.reshape(shape)
+
+    return forward
+
+
+def _backward_by(axes_of):
+    def backward(dy, x, gamma, eps):
+        axes, shape = axes_of(x.ndim), _channel_shape(x.ndim)
+        m = int(np.prod([x.shape[a] for a in axes]))
+        mu, var = x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
+        inv_std = 1.0 / np.sqrt(var + eps)
+        x_hat = (x - mu) * inv_std
+        dbeta = dy.sum(axis=axes, keepdims=True)
+        dgamma = (dy * x_hat).sum(axis=axes, keepdims=True)
+        dx = gamma.reshape(shape) * inv_std / m * (m * dy - dbeta - x_hat * dgamma)
+        return dx, dgamma.reshape(-1), dbeta.reshape(-1)
+
+    return backward
+
+
+def _param_grads_by(axes_of):
+    def param_grads(dy, x_hat):
+        axes = axes_of(dy.ndim)
+        return (dy * x_hat).sum(axis=axes), dy.sum(axis=axes)
+
+    return param_grads
+
+
+def _running_stats_by(axes_of):
+    def update(running_mean, running_var, batch, momentum):
+        axes = axes_of(batch.ndim)
+        mean, var = batch.mean(axis=axes), batch.var(axis=axes, ddof=1)
+        return ((1 - momentum) * running_mean + momentum * mean,
+                (1 - momentum) * running_var + momentum * var)
+
+    return update
+
+
+def _eval_backward_by(axes_of):
+    def eval_backward(dy, x, gamma, running_mean, running_var, eps):
+        axes, shape = axes_of(x.ndim), _channel_shape(x.ndim)
+        inv_std = 1.0 / np.sqrt(running_var + eps)
+        x_hat = (x - running_mean.reshape(shape)) * inv_std.reshape(shape)
+        return (dy * (gamma * inv_std).reshape(shape), (dy * x_hat).sum(axis=axes),
+                dy.sum(axis=axes))
+
+    return eval_backward
+
+
+WRITTEN_BY_AXES = {
+    "formula.forward": _forward_by,
+    "gradients.backward": _backward_by,
+    "gradients.param_grads": _param_grads_by,
+    "parameters.running_stats": _running_stats_by,
+    "inference.eval_backward": _eval_backward_by,
+}
+
+
+def _ranks(eid):
+    return EXERCISES[eid].rule.ranks
+
+
+@pytest.mark.parametrize("eid", [e for e in WRITTEN_BY_AXES if e in EXERCISES])
+def test_answers_with_axes_chosen_by_rank_fail_where_the_statement_allows_that_rank(eid):
+    write = WRITTEN_BY_AXES[eid]
+    assert check(eid, write(_axes_right)).passed, "the test's own implementation is wrong"
+    if 3 in _ranks(eid) or 5 in _ranks(eid):
+        assert check(eid, write(_axes_only_for_4d)).status == FAILED
+    if 5 in _ranks(eid):
+        assert check(eid, write(_axes_up_to_4d)).status == FAILED
+
+
+def _role_wrapped(eid, change_args=None, change_outputs=None):
+    reference, rule = EXERCISES[eid].reference, EXERCISES[eid].rule
+
+    def answer(*args):
+        values = dict(zip(rule.roles, args, strict=True))
+        if change_args:
+            values = change_args(values)
+        out = reference(*(values[r] for r in rule.roles))
+        return change_outputs(out) if change_outputs else out
+
+    return answer
+
+
+@pytest.mark.parametrize("eid", _rule_says("has_gamma"))
+def test_a_scale_that_loses_the_sign_of_gamma_fails(eid):
+    def abs_gamma(values):
+        return {**values, "gamma": abs(values["gamma"])}
+
+    assert check(eid, _role_wrapped(eid)).passed
+    assert check(eid, _role_wrapped(eid, change_args=abs_gamma)).status == FAILED
+
+
+@pytest.mark.parametrize("eid", _rule_says("has_channels"))
+def test_an_answer_that_squeezes_away_one_channel_fails(eid):
+    def squeezed(out):
+        return tuple(np.squeeze(o) for o in out) if isinstance(out, tuple) else np.squeeze(out)
+
+    assert check(eid, _role_wrapped(eid, change_outputs=squeezed)).status == FAILED
+
+
+@pytest.mark.parametrize("eid", _rule_says("dtype_promised"))
+def test_an_answer_that_always_returns_float64_fails_where_the_dtype_is_promised(eid):
+    def in_float64(values):
+        return {k: v.astype(np.float64) if isinstance(v, np.ndarray) else v
+                for k, v in values.items()}
+
+    result = check(eid, _role_wrapped(eid, change_args=in_float64))
+    assert result.status == FAILED and "dtype" in result.message
+
+
+@pytest.mark.parametrize("eid", FUNCTION_IDS)
+def test_an_answer_memoized_by_shape_fails(eid):
+    right, memo = _right(eid), {}
+
+    def memoized(*args):
+        key = tuple(a.shape for a in args if isinstance(a, np.ndarray))
+        if key not in memo:
+            memo[key] = right(*args)
+        return memo[key]
+
+    assert check(eid, memoized).status == FAILED
+
+
+@pytest.mark.parametrize("eid", _rule_says("dtype_promised"))
+def test_float32_cases_accept_a_right_answer_computed_in_float32(eid):
+    reference = EXERCISES[eid].reference
+
+    def native(*args):  # the reference run on the float32 arrays as they are
+        return reference(*args)
+
+    assert check(eid, native).passed

@@ -265,7 +265,7 @@ RULES: dict[str, CaseRule] = {rule.exercise_id: rule for rule in (
     CaseRule("gradients.backward", ("dy", "x", "gamma", "eps"), _ALL_RANKS, seed=3),
     CaseRule("gradients.param_grads", ("dy", "x_hat"), _ALL_RANKS, seed=4),
     CaseRule("parameters.running_stats", ("running_mean", "running_var", "x", "momentum"),
-             (2,), seed=5),
+             _ALL_RANKS, seed=5),
     CaseRule("parameters.cumulative", ("x", "batch_size"), (2,), seed=6),
     CaseRule("invariance.jacobian", ("x", "gamma", "eps"), (1,), dtype_promised=True, seed=7),
     CaseRule("inference.eval_backward",

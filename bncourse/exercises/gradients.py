@@ -306,6 +306,9 @@ SUM_DX = NumberExercise(
     value=0.0,
     rtol=1e-6,
     atol=1e-9,
+    # The size of the dx_i that cancel: a sum computed in float32 is judged against it.
+    zero_scale=float(np.abs(_reference_backward(SUM_DX_DY, SUM_DX_X, SUM_DX_GAMMA,
+                                                SUM_DX_EPS)[0]).sum()),
     hints=(
         "You need not compute dx entry by entry: sum the compact form of dx over the batch.",
         "Inside the bracket, what do the sum of m * dy_i over i, the sum of the constant "
