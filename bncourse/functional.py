@@ -66,12 +66,21 @@ def _check_input(x: np.ndarray, name: str = "x") -> np.ndarray:
             f"{name} must have a floating dtype (float32 or float64); got {x.dtype}. "
             f"Convert it first, e.g. {name}.astype(np.float64)"
         )
+    if x.dtype not in (np.float32, np.float64):
+        raise ValueError(
+            f"{name} must be float32 or float64; got {x.dtype}. The reference computes in the "
+            f"input's dtype, and in float16 (largest value 65504) the squared deviations "
+            f"overflow once |x - mean| > 256. Convert it first, e.g. {name}.astype(np.float32)"
+        )
     return x
 
 
 def _check_channel_vector(v: np.ndarray | None, num_channels: int, name: str) -> np.ndarray | None:
     if v is None:
-        return None
+        raise ValueError(
+            f"{name} must be an array of shape (C,) = ({num_channels},), one value per "
+            f"channel; got None (for no scale use np.ones(C), for no shift np.zeros(C))"
+        )
     v = np.asarray(v)
     if v.shape != (num_channels,):
         raise ValueError(
@@ -181,11 +190,7 @@ def batch_norm_backward(
     Returns:
         ``(dx, dgamma, dbeta)`` with shapes ``x.shape``, ``(C,)``, ``(C,)``.
     """
-    dy = np.asarray(dy)
-    if dy.shape != cache.x_hat.shape:
-        raise ValueError(
-            f"dy must have the shape of the forward output {cache.x_hat.shape}; got {dy.shape}"
-        )
+    dy = _check_dy(dy, cache.x_hat.shape)
     x_hat = cache.x_hat
     axes = reduction_axes(x_hat.ndim)
     shape = channel_shape(x_hat.ndim, x_hat.shape[1])
@@ -212,6 +217,7 @@ def batch_norm_backward_staged(
     gamma = _check_channel_vector(gamma, num_channels, "gamma")
     eps = _check_eps(eps)
     m = _check_batch(x)
+    dy = _check_dy(dy, x.shape)
     axes = reduction_axes(x.ndim)
     shape = channel_shape(x.ndim, num_channels)
     g = gamma.reshape(shape)
@@ -270,7 +276,8 @@ def update_running_stats(
     running_mean: np.ndarray,
     running_var: np.ndarray,
     x: np.ndarray,
-    momentum: float = 0.1,
+    momentum: float | None = 0.1,
+    num_batches_tracked: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     r"""One update of the running statistics, PyTorch's convention.
 
@@ -279,10 +286,13 @@ def update_running_stats(
     \frac{m}{m-1}\sigma_B^2$: the *unbiased* batch variance is stored, although the
     transform normalizes with the biased one.
 
-    ``momentum`` is the weight of the new batch, in ``(0, 1]``. PyTorch's ``momentum=None``
-    (a cumulative average) is this update with ``momentum = 1 / k`` at the ``k``-th batch;
-    :class:`bncourse.BatchNorm` does that bookkeeping. Keras' ``momentum`` is the weight of
-    the *old* value: convert with :func:`keras_to_torch_momentum`.
+    ``momentum`` is the weight of the new batch, in ``[0, 1]`` (0 freezes the statistics,
+    as in :class:`bncourse.BatchNorm` and torch). ``momentum=None`` is PyTorch's cumulative
+    average: the update with ``momentum = 1 / k`` at the ``k``-th batch, where ``k`` is
+    ``num_batches_tracked`` counted *with* this batch (the layer's counter after it has
+    advanced), so that after ``k`` batches the running mean is the mean of the batch means.
+    Keras' ``momentum`` is the weight of the *old* value: convert with
+    :func:`keras_to_torch_momentum`.
 
     Returns new arrays; the inputs are not modified.
     """
@@ -290,11 +300,23 @@ def update_running_stats(
     num_channels = x.shape[1]
     running_mean = _check_channel_vector(running_mean, num_channels, "running_mean")
     running_var = _check_channel_vector(running_var, num_channels, "running_var")
-    if not (0.0 < float(momentum) <= 1.0):
+    if momentum is None:
+        if (isinstance(num_batches_tracked, bool) or not isinstance(num_batches_tracked, int)
+                or num_batches_tracked < 1):
+            raise ValueError(
+                f"momentum=None is the cumulative average, which needs num_batches_tracked, "
+                f"the number of batches seen including this one (an integer >= 1); got "
+                f"{num_batches_tracked!r}"
+            )
+        momentum = 1.0 / num_batches_tracked
+    elif isinstance(momentum, bool) or not isinstance(momentum, (int, float, np.floating)):
+        raise ValueError(f"momentum must be a number in [0, 1] or None; got {momentum!r}")
+    elif not (0.0 <= float(momentum) <= 1.0):
         raise ValueError(
             f"momentum is the weight of the new batch in PyTorch's convention and must lie "
-            f"in (0, 1]; got {momentum}. (Keras' momentum 0.99 is PyTorch's 0.01.)"
+            f"in [0, 1]; got {momentum}. (Keras' momentum 0.99 is PyTorch's 0.01.)"
         )
+    momentum = float(momentum)
     m = _check_batch(x)
     axes = reduction_axes(x.ndim)
     mean = x.mean(axis=axes)
@@ -320,6 +342,18 @@ def torch_to_keras_momentum(momentum: float) -> float:
 def keras_to_torch_momentum(momentum: float) -> float:
     """Keras' momentum (weight of the old value) as PyTorch's (weight of the new batch)."""
     return torch_to_keras_momentum(momentum)
+
+
+def _check_dy(dy: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    dy = np.asarray(dy)
+    if dy.shape != shape:
+        raise ValueError(
+            f"dy must have the shape of the forward output {shape}; got {dy.shape}. "
+            f"A smaller dy would broadcast into wrong gradients"
+        )
+    if not np.issubdtype(dy.dtype, np.floating):
+        dy = dy.astype(np.float64)
+    return dy
 
 
 def _check_eps(eps: float) -> float:

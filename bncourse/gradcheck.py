@@ -20,6 +20,11 @@ def rel_error(a: np.ndarray, b: np.ndarray, floor: float = 1e-12) -> float:
     Symmetric in ``a`` and ``b``; ``floor`` keeps entries that are both zero from dividing
     by zero. About 1e-8 or less means agreement in float64; 1e-2 or more means a bug.
     """
+    if not floor > 0.0 or not np.isfinite(floor):
+        raise ValueError(
+            f"floor must be a positive, finite number (it keeps entries that are both zero "
+            f"from dividing by zero); got {floor}"
+        )
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
@@ -36,9 +41,9 @@ def numerical_gradient(
 
     Costs ``2 * x.size`` calls of ``f``; meant for the small arrays of tests and exercises.
     """
+    if not h > 0.0 or not np.isfinite(h):
+        raise ValueError(f"the step h must be a positive, finite number; got {h}")
     x = np.array(x, dtype=np.float64)
-    if h <= 0:
-        raise ValueError(f"the step h must be positive; got {h}")
     grad = np.zeros_like(x)
     flat_x = x.reshape(-1)
     flat_g = grad.reshape(-1)

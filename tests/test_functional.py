@@ -222,3 +222,92 @@ def test_batch_of_one_is_refused_like_torch() -> None:
         torch.nn.functional.batch_norm(torch.ones(1, 3), None, None, training=True)
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         F.batch_norm_forward(np.ones((1, 3)), np.ones(3), np.zeros(3))
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input that used to raise the wrong thing, or nothing
+# ---------------------------------------------------------------------------------------
+
+
+def _cache():
+    return F.batch_norm_forward(np.eye(4, 3) + 0.5, np.ones(3), np.zeros(3))[1]
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: F.batch_norm_forward(np.ones((4, 3)), None, np.zeros(3)), "gamma.*None"),
+        (lambda: F.batch_norm_forward(np.ones((4, 3)), np.ones(3), None), "beta.*None"),
+        (lambda: F.batch_norm_backward_staged(np.ones((4, 3)), np.eye(4, 3), None),
+         "gamma.*None"),
+        (lambda: F.batch_norm_forward(np.ones((4, 3), np.float16), np.ones(3), np.zeros(3)),
+         "float32 or float64; got float16"),
+        (lambda: F.batch_norm_backward_staged(np.ones((1, 3)), np.eye(4, 3), np.ones(3)),
+         r"dy must have the shape of the forward output \(4, 3\); got \(1, 3\)"),
+        (lambda: F.batch_norm_backward_staged(np.ones((4, 1)), np.eye(4, 3), np.ones(3)),
+         r"dy must have the shape .* got \(4, 1\)"),
+        (lambda: F.batch_norm_backward(np.ones((4, 1)), _cache()), "dy must have the shape"),
+        (lambda: F.update_running_stats(np.zeros(3), np.ones(3), np.eye(4, 3), None),
+         "num_batches_tracked"),
+        (lambda: F.update_running_stats(np.zeros(3), np.ones(3), np.eye(4, 3), None, 0),
+         "num_batches_tracked"),
+        (lambda: F.update_running_stats(np.zeros(3), np.ones(3), np.eye(4, 3), -0.1),
+         r"\[0, 1\]"),
+        (lambda: F.update_running_stats(np.zeros(3), np.ones(3), np.eye(4, 3), "0.1"),
+         "momentum must be a number"),
+        (lambda: numerical_gradient(lambda v: float(v.sum()), np.ones(2), h=float("nan")),
+         "positive, finite"),
+        (lambda: numerical_gradient(lambda v: float(v.sum()), np.ones(2), h=float("inf")),
+         "positive, finite"),
+        (lambda: numerical_gradient(lambda v: float(v.sum()), np.ones(2), h=0.0),
+         "positive, finite"),
+        (lambda: rel_error(np.zeros(2), np.zeros(2), floor=0.0), "floor"),
+        (lambda: rel_error(np.zeros(2), np.zeros(2), floor=-1.0), "floor"),
+        (lambda: rel_error(np.zeros(2), np.zeros(2), floor=float("nan")), "floor"),
+    ],
+)
+def test_more_bad_input_raises_value_error_naming_the_problem(call, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_staged_backward_accepts_a_list_dy_of_the_right_shape() -> None:
+    x = np.random.default_rng(4).normal(size=(4, 3))
+    dy = np.random.default_rng(5).normal(size=(4, 3))
+    from_list = F.batch_norm_backward_staged(dy.tolist(), x, np.ones(3))
+    from_array = F.batch_norm_backward_staged(dy, x, np.ones(3))
+    for a, b in zip(from_list, from_array, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@given(bn_inputs(max_dims=3))
+def test_momentum_none_is_the_layers_cumulative_average(inp: BNInput) -> None:
+    # Three batches through bncourse.BatchNorm(momentum=None) and through the reference with
+    # the layer's counter: the same running statistics, and the mean of the batch means.
+    import bncourse
+
+    layer = bncourse.BatchNorm(inp.channels, momentum=None).double()
+    rm, rv = np.zeros(inp.channels), np.ones(inp.channels)
+    batches = [inp.x, inp.x * 2.0 + 1.0, inp.x[::-1] - 3.0]
+    for k, batch in enumerate(batches, start=1):
+        layer(torch.tensor(batch))
+        rm, rv = F.update_running_stats(rm, rv, batch, None, num_batches_tracked=k)
+    assert int(layer.num_batches_tracked) == len(batches)
+    _assert_close("running_mean", rm, layer.running_mean.numpy())
+    _assert_close("running_var", rv, layer.running_var.numpy())
+    axes = F.reduction_axes(inp.x.ndim)
+    _assert_close("mean of batch means", rm, np.mean([b.mean(axis=axes) for b in batches], 0))
+
+
+def test_momentum_zero_keeps_the_statistics_like_the_layer_and_torch() -> None:
+    x = np.random.default_rng(6).normal(2.0, 3.0, (6, 2))
+    rm, rv = np.array([0.3, -0.2]), np.array([1.5, 0.7])
+    new_mean, new_var = F.update_running_stats(rm, rv, x, 0.0)
+    layer = torch.nn.BatchNorm1d(2, momentum=0.0).double()
+    with torch.no_grad():
+        layer.running_mean.copy_(torch.tensor(rm))
+        layer.running_var.copy_(torch.tensor(rv))
+    layer(torch.tensor(x))
+    np.testing.assert_array_equal(new_mean, rm)
+    np.testing.assert_array_equal(new_var, rv)
+    _assert_close("torch running_mean", new_mean, layer.running_mean.numpy())
