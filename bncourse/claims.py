@@ -31,19 +31,18 @@ def _plain(value: Any) -> Any:
     return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
-def glue(name: str, value: Any) -> Any:
-    """Store ``value`` under ``name`` for the prose (MyST-NB glue, not displayed); return it.
+def glue(name: str, value: Any) -> None:
+    """Store ``value`` under ``name`` for the prose (MyST-NB glue, not displayed).
 
     Numbers are stored as plain Python numbers, so ``{glue:text}`name:.3f``` can format
-    them. Without MyST-NB installed this only returns ``value``.
+    them. Returns None, so that a cell ending in ``glue(...)`` shows nothing. Without MyST-NB
+    installed (a student's environment, with nothing to glue into) this does nothing.
     """
-    plain = _plain(value)
     try:
         from myst_nb import glue as _myst_glue
-    except ImportError:  # a student's environment: nothing to glue into
-        return value
-    _myst_glue(name, plain, display=False)
-    return value
+    except ImportError:
+        return
+    _myst_glue(name, _plain(value), display=False)
 
 
 def assert_close(

@@ -193,7 +193,8 @@ def fold_model(model: nn.Module, strict: bool = True) -> nn.Module:
                 container._modules[name] = nn.Identity()
                 folded.add(id(bn))
     if strict:
-        left = [name for name, m in new.named_modules() if _is_batch_norm(m)]
+        left = [f"'{name}' ({type(m).__name__})" for name, m in new.named_modules()
+                if _is_batch_norm(m)]
         if left:
             raise ValueError(f"these BatchNorm layers do not directly follow a Linear or Conv "
                              f"layer in a Sequential and were not folded: {', '.join(left)} "
