@@ -40,7 +40,7 @@ def plot_scale_deviation(
     ax.axvline(a_star, color=COLORS["none"], ls="--", lw=1)
     ax.axvline(1.0, color=COLORS["none"], ls=":", lw=1)
     top = float(np.nanmax(theory))
-    ax.text(a_star * 1.3, top * 0.2, r"$a^2\sigma_B^2 = \epsilon$", color=COLORS["none"])
+    ax.text(a_star * 1.3, 2e-6 * top, r"$a^2\sigma_B^2 = \epsilon$", color=COLORS["none"])
     ax.text(1.3, top * 0.02, "a = 1:\ndeviation 0", color=COLORS["none"])
     ax.set_xlabel("scale a of the weights (dimensionless)")
     ax.set_ylabel(r"$\max_i\,|\mathrm{BN}(a w)_i - \mathrm{BN}(w)_i|$")
@@ -74,10 +74,14 @@ def plot_training_runs(records: Mapping[str, TrainingRecord]) -> Figure:
     axes[1].set_title("Its effective learning rate (SGD) falls, or stays high")
     axes[2].set_ylabel("mean angle per step (rad)")
     axes[2].set_title("With decay the angle per step settles near its equilibrium")
-    axes[2].set_xlabel("SGD step")
+    axes[0].legend(loc="center right")
+    axes[1].legend(loc="center right")
+    top = max(float(np.max(rec.angular_update)) for rec in records.values())
+    axes[2].set_ylim(0.0, 1.8 * top)  # room for the legend above the data
+    axes[2].legend(loc="upper left")
     for ax in axes:
         ax.set_xlabel("SGD step")
-        ax.legend(loc="best")
+        ax.xaxis.set_tick_params(labelbottom=True)
     return fig
 
 
@@ -119,7 +123,7 @@ def plot_depth(
     value is drawn; those below ``zero`` times the largest of all (zero up to round-off) lie
     in the shaded band.
     """
-    fig, axes = new_figure(nrows=2, width=6.4, height=7.6)
+    fig, axes = new_figure(nrows=2, width=6.4, height=8.2)
     for (name, g), colour in zip(grads.items(), _DEPTH_COLORS, strict=False):
         axes[0].semilogy(np.arange(g.size), g, "o-", ms=3, color=colour, label=name)
     axes[0].set_xlabel("layer l (0 = input)")
@@ -139,5 +143,5 @@ def plot_depth(
     axes[1].set_xlabel("index of the singular value (largest first), all of them")
     axes[1].set_ylabel("singular value of J")
     axes[1].set_title("Without skips, BN's Jacobian has the largest singular values")
-    axes[1].legend(loc="lower left")
+    axes[1].legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     return fig
