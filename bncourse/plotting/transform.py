@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from . import COLORS, new_figure
 
@@ -35,6 +36,9 @@ def plot_depth_scale(
         stds = [float(np.std(np.asarray(v))) for v in arrays]
         ax.plot(layers, stds, marker=marker, color=COLORS[colour], linewidth=1.8, label=label)
     ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xticks(layers)
     ax.set_xlabel("layer")
     ax.set_ylabel("standard deviation of $z$ (log scale)")
@@ -49,7 +53,7 @@ def plot_unit_input_over_training(traces: Sequence) -> Figure:
     trace (a :class:`bncourse.networks.UnitTrace`), on a shared vertical axis."""
     if not traces:
         raise ValueError("give at least one trace")
-    fig, axes = new_figure(ncols=len(traces), width=7.0, height=3.4, sharey=True)
+    fig, axes = new_figure(ncols=len(traces), width=7.0, height=4.0, sharey=True)
     axes = np.atleast_1d(axes)
     styles = (":", "-", "--", "-.")
     names = {"none": "without BN: $z$", "before": r"with BN: $\mathrm{BN}(z)$"}
@@ -62,19 +66,18 @@ def plot_unit_input_over_training(traces: Sequence) -> Figure:
         ax.set_title(names.get(trace.placement, trace.placement))
         ax.set_xlabel("training step")
     axes[0].set_ylabel(f"input of the last ReLU, unit {traces[0].unit}")
-    axes[0].legend(loc="upper left")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center",
+               ncol=len(traces[0].levels))
     fig.suptitle("Internal covariate shift: without BN the distribution one unit receives "
                  "moves\nduring training; with BN it stays in place")
     return fig
 
 
 def plot_batch_dependence(
-    train: Mapping[int, np.ndarray], eval_output: float, example: float,
-    bound_m: int | None = None,
+    train: Mapping[int, np.ndarray], eval_output: float, example: float
 ) -> Figure:
-    r"""Histogram of one example's training-mode output over many batches, per batch size,
-    against its single eval-mode output; with ``bound_m``, the bound $\sqrt{m - 1}$ on
-    $|\hat{x}|$ for batches of that size as a dotted line."""
+    """Histogram of one example's training-mode output over many batches, per batch size,
+    against its single eval-mode output."""
     fig, ax = new_figure(width=7.0, height=4.6)
     styles = ("-", "--", ":", "-.")
     for k, (b, outputs) in enumerate(sorted(train.items())):
@@ -85,11 +88,6 @@ def plot_batch_dependence(
         )
     ax.axvline(eval_output, color=COLORS["eval"], linewidth=2.0,
                label=f"eval mode, any batch ({eval_output:.2f})")
-    if bound_m is not None:
-        bound = float(np.sqrt(bound_m - 1))
-        ax.axvline(bound, color=COLORS["theory"], linestyle=":", linewidth=1.6,
-                   label=rf"$\sqrt{{m-1}}$ = {bound:.2f}, the largest $\hat{{x}}$ "
-                         rf"for $m$ = {bound_m}")
     ax.set_xlabel(rf"BN output of the example $x = {example:g}$")
     ax.set_ylabel("density over batches")
     ax.set_title("In training mode one example's output depends on its batch-mates;\n"
