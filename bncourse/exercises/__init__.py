@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _cases, formula, gradients, inference, invariance, parameters
+from . import _cases, distributed, formula, gradients, inference, invariance, parameters
 from .core import (
     FAILED,
     NOT_ATTEMPTED,
@@ -26,6 +26,7 @@ from .core import (
     Mistake,
     NumberExercise,
     Progress,
+    page_data,
     progress_of,
 )
 
@@ -34,6 +35,7 @@ __all__ = [
     "check",
     "hint",
     "progress",
+    "site_data",
     "Progress",
     "CheckResult",
     "Exercise",
@@ -50,7 +52,7 @@ __all__ = [
 
 def _collect() -> dict[str, Exercise]:
     registry: dict[str, Exercise] = {}
-    for module in (formula, gradients, parameters, invariance, inference):
+    for module in (formula, gradients, parameters, invariance, inference, distributed):
         for exercise in module.EXERCISES:
             if exercise.id in registry:
                 raise RuntimeError(f"two exercises share the id {exercise.id!r}")
@@ -80,6 +82,12 @@ def hint(exercise_id: str, n: int = 1) -> str:
     """The ``n``-th hint for exercise ``exercise_id`` (1 is the first); each says a little more,
     the last stops short of the answer, and asking past the last says there are no more."""
     return _get(exercise_id).hint_text(n)
+
+
+def site_data() -> dict[str, Any]:
+    """The web page's copy of every exercise (values, tolerances, options, catalogue, hints,
+    messages), written to the built site as JSON: see :func:`core.page_data`."""
+    return page_data(list(EXERCISES.values()))
 
 
 def progress() -> Progress:

@@ -54,6 +54,8 @@ __all__ = [
     "Progress",
     "choice_letter",
     "page_answer",
+    "page_data",
+    "MESSAGES",
     "PASSED",
     "FAILED",
     "NOT_ATTEMPTED",
@@ -183,6 +185,21 @@ def _exception_text(e: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
+#: The messages of number and choice exercises, shared with the web page's checker (which
+#: fills the same ``{fields}``), so that both say the same thing.
+MESSAGES = {
+    "passed": "Your answer matches the reference.",
+    "number_stub": "no number given yet",
+    "not_a_number": "{text} is not a number; write a number such as 0.5, -2 or 1e-3",
+    "quoted_number": "got the text {text}; write the number without quotes",
+    "not_finite": "got {x}; expected a finite number",
+    "roundoff": "{x3} is right: that is round-off; the exact value is 0.",
+    "wrong_number": "{x6} is not the expected value. {nudge}",
+    "choice_stub": "no option chosen yet",
+    "not_an_option": "{text} is not an option; choose one of {valid}",
+    "wrong_option": "option '{letter}' is not right. {nudge}",
+}
+
 #: The latest verdict of every exercise checked in this session, by id.
 _LATEST: dict[str, CheckResult] = {}
 
@@ -260,7 +277,12 @@ class Exercise:
         return CheckResult(self.id, FAILED, str(mistake))
 
     def _pass_message(self) -> str:
-        return "Your answer matches the reference."
+        return MESSAGES["passed"]
+
+    def page_data(self) -> dict[str, Any]:
+        """What the web page needs to check this exercise the way :meth:`check` does."""
+        return {"id": self.id, "kind": self.kind, "chapter": self.chapter, "title": self.title,
+                "hints": list(self.all_hints), "nudge": self._nudge()}
 
     #: What a generic failure suggests when the exercise has no hint.
     _default_nudge = "Work it out again from the chapter."
@@ -541,6 +563,9 @@ class FunctionExercise(Exercise):
         self.kind = "function"
         if self.reference is None or self.cases is None:
             raise TypeError(f"exercise {self.id}: a function exercise needs reference and cases")
+
+    def page_data(self) -> dict[str, Any]:
+        return {**super().page_data(), "signature": self.signature}
 
     def all_cases(self) -> list[Case]:
         """The seeded cases, then those the case rule adds."""
@@ -842,12 +867,8 @@ def _as_real(answer: Any) -> float:
         )
     if isinstance(answer, str):
         if _NUMBER_TEXT.match(answer.strip()):
-            raise _ReaderError(
-                f"got the text {_quoted(answer)}; write the number without quotes"
-            )
-        raise _ReaderError(
-            f"{_quoted(answer)} is not a number; write a number such as 0.5, -2 or 1e-3"
-        )
+            raise _ReaderError(MESSAGES["quoted_number"].format(text=_quoted(answer)))
+        raise _ReaderError(MESSAGES["not_a_number"].format(text=_quoted(answer)))
     if isinstance(answer, numbers.Complex):
         raise _ReaderError("got a complex number; expected a real number")
     raise _ReaderError(f"got {_a(type(answer).__name__)}; expected a number")
@@ -892,20 +913,24 @@ class NumberExercise(Exercise):
 
     def _judge(self, answer: Any) -> Mistake | str | None:
         if _is_stub(answer) or (isinstance(answer, str) and not answer.strip()):
-            raise _ReaderError("no number given yet", NOT_ATTEMPTED)
+            raise _ReaderError(MESSAGES["number_stub"], NOT_ATTEMPTED)
         x = _as_real(answer)
         if not math.isfinite(x):
-            raise _ReaderError(f"got {x}; expected a finite number")
+            raise _ReaderError(MESSAGES["not_finite"].format(x=x))
         if self._matches(x, self.value):
             return None
         if self.value == 0 and abs(x) <= self.roundoff:
-            raise _ReaderError(
-                f"{x:.3g} is right: that is round-off; the exact value is 0.", PASSED
-            )
+            raise _ReaderError(MESSAGES["roundoff"].format(x3=f"{x:.3g}"), PASSED)
         for mistake in self.mistakes:
             if self._matches(x, float(mistake.answer), mistake.rtol, mistake.atol):
                 return mistake
-        return f"{x:.6g} is not the expected value. " + self._nudge()
+        return MESSAGES["wrong_number"].format(x6=f"{x:.6g}", nudge=self._nudge())
+
+    def page_data(self) -> dict[str, Any]:
+        return {**super().page_data(), "value": self.value, "rtol": self.rtol,
+                "atol": self.atol, "roundoff": self.roundoff,
+                "mistakes": [{"name": m.name, "message": m.message, "answer": float(m.answer),
+                              "rtol": m.rtol, "atol": m.atol} for m in self.mistakes]}
 
 
 # --------------------------------------------------------------------------------------
@@ -947,7 +972,7 @@ class ChoiceExercise(Exercise):
 
     def _judge(self, answer: Any) -> Mistake | str | None:
         if _is_stub(answer) or (isinstance(answer, str) and not answer.strip()):
-            raise _ReaderError("no option chosen yet", NOT_ATTEMPTED)
+            raise _ReaderError(MESSAGES["choice_stub"], NOT_ATTEMPTED)
         if not isinstance(answer, str):
             raise _ReaderError(
                 f"got {_a(type(answer).__name__)}; answer with an option letter as a string, "
@@ -956,13 +981,19 @@ class ChoiceExercise(Exercise):
         letter = choice_letter(answer)
         if letter not in self.options:
             valid = ", ".join(f"'{k}'" for k in sorted(self.options))
-            raise _ReaderError(f"{_quoted(answer)} is not an option; choose one of {valid}")
+            raise _ReaderError(MESSAGES["not_an_option"].format(text=_quoted(answer),
+                                                                 valid=valid))
         if letter == self.answer:
             return None
         for mistake in self.mistakes:
             if str(mistake.answer).lower() == letter:
                 return mistake
-        return f"option '{letter}' is not right. " + self._nudge()
+        return MESSAGES["wrong_option"].format(letter=letter, nudge=self._nudge())
+
+    def page_data(self) -> dict[str, Any]:
+        return {**super().page_data(), "options": dict(self.options), "answer": self.answer,
+                "mistakes": [{"name": m.name, "message": m.message,
+                              "answer": str(m.answer).lower()} for m in self.mistakes]}
 
 
 # --------------------------------------------------------------------------------------
@@ -1039,3 +1070,21 @@ def progress_of(exercises: Sequence[Exercise]) -> Progress:
         rows.append((e.chapter, e.id, e.title, e.kind,
                      latest.status if latest is not None else NOT_ATTEMPTED))
     return Progress(tuple(rows))
+
+
+def page_data(exercises: Sequence[Exercise]) -> dict[str, Any]:
+    """Everything the web page's checker needs, for ``exercises``: one JSON document.
+
+    The page reads a number with ``number_text`` and a choice with ``choice_text`` (the
+    regular expressions the Python checker uses), fills ``messages`` as :meth:`check` does,
+    and judges with each exercise's values, tolerances and catalogue.
+    """
+    return {
+        "format": 1,
+        "number_text": NUMBER_TEXT,
+        "choice_text": CHOICE_TEXT,
+        "quoted_max": 40,
+        "messages": dict(MESSAGES),
+        "titles": {PASSED: "Correct", FAILED: "Not yet", NOT_ATTEMPTED: "Not attempted"},
+        "exercises": {e.id: e.page_data() for e in exercises},
+    }

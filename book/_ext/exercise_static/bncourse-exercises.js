@@ -1,0 +1,210 @@
+/* The course's exercise checker, in the page: the same verdicts and messages as
+ * bncourse.exercises.check for number and choice exercises, with no Python and no network.
+ *
+ * Each exercise's widget carries its data (exported from bncourse.exercises.EXERCISES at
+ * build time, the same document as _static/bncourse-exercises.json) in data-exercise.
+ * The rules mirror bncourse/exercises/core.py: NumberExercise._judge, ChoiceExercise._judge,
+ * choice_letter, page_answer and MESSAGES.
+ */
+(function () {
+  "use strict";
+
+  var NOT_ATTEMPTED = "not attempted", PASSED = "passed", FAILED = "failed";
+
+  // The p significant digits of |x| rounded half to even, as Python rounds, and the
+  // decimal exponent: {digits: "dddddd", exp: e} for d.ddddd * 10^e.
+  function significant(x, p) {
+    var text = Math.abs(x).toExponential(Math.min(100, p + 25));
+    var e = parseInt(text.slice(text.indexOf("e") + 1), 10);
+    var all = text.slice(0, text.indexOf("e")).replace(".", "");
+    var head = all.slice(0, p), tail = all.slice(p);
+    var up = tail.charAt(0) > "5" ||
+      (tail.charAt(0) === "5" && (/[1-9]/.test(tail.slice(1)) ||
+                                  parseInt(head.charAt(p - 1), 10) % 2 === 1));
+    if (up) {
+      var digits = head.split(""), i = p - 1;
+      while (i >= 0 && digits[i] === "9") { digits[i] = "0"; i -= 1; }
+      if (i < 0) { digits.unshift("1"); digits.pop(); e += 1; }
+      else digits[i] = String(parseInt(digits[i], 10) + 1);
+      head = digits.join("");
+    }
+    return { digits: head, exp: e };
+  }
+
+  function trimZeros(text) {
+    return text.indexOf(".") >= 0 ? text.replace(/0+$/, "").replace(/\.$/, "") : text;
+  }
+
+  // Python's format(x, ".<p>g") for a finite float.
+  function formatG(x, p) {
+    var sign = x < 0 || Object.is(x, -0) ? "-" : "";
+    if (x === 0) return sign + "0";
+    var r = significant(x, p), d = r.digits, e = r.exp;
+    if (e >= -4 && e < p) {
+      var fixed;
+      if (e >= 0) fixed = d.slice(0, e + 1) + "." + d.slice(e + 1);
+      else fixed = "0." + new Array(-e).join("0") + d;
+      return sign + trimZeros(fixed);
+    }
+    var digits = String(Math.abs(e));
+    if (digits.length < 2) digits = "0" + digits;
+    return sign + trimZeros(d.charAt(0) + "." + d.slice(1)) + "e" + (e < 0 ? "-" : "+") + digits;
+  }
+
+  // Python's str(float) for the values that reach a message: inf, -inf, nan.
+  function pyFloat(x) {
+    if (x === Infinity) return "inf";
+    if (x === -Infinity) return "-inf";
+    if (x !== x) return "nan";
+    return String(x);
+  }
+
+  function fill(template, values) {
+    return template.replace(/\{(\w+)\}/g, function (whole, key) {
+      return Object.prototype.hasOwnProperty.call(values, key) ? values[key] : whole;
+    });
+  }
+
+  // Python's str.strip() (whitespace) for the texts a field holds.
+  function strip(text) {
+    return text.replace(/^[\s\u001c-\u001f\u0085]+|[\s\u001c-\u001f\u0085]+$/g, "");
+  }
+
+  function quoted(text, max) {
+    var t = strip(text);
+    return t.length > max ? "'" + t.slice(0, max) + "...'" : "'" + t + "'";
+  }
+
+  function matches(x, target, rtol, atol) {
+    return Math.abs(x - target) <= Math.max(rtol * Math.max(Math.abs(x), Math.abs(target)), atol);
+  }
+
+  function verdict(common, status, message, mistake) {
+    return { status: status, title: common.titles[status], message: message,
+             mistake: mistake || null, passed: status === PASSED };
+  }
+
+  function checkNumber(common, ex, text) {
+    var m = common.messages;
+    var t = strip(text);
+    if (!t) return verdict(common, NOT_ATTEMPTED, m.number_stub);
+    if (!new RegExp("^" + common.number_text + "$").test(t)) {
+      return verdict(common, FAILED, fill(m.not_a_number, { text: quoted(text, common.quoted_max) }));
+    }
+    var x = Number(t);
+    if (!isFinite(x)) return verdict(common, FAILED, fill(m.not_finite, { x: pyFloat(x) }));
+    if (matches(x, ex.value, ex.rtol, ex.atol)) return verdict(common, PASSED, m.passed);
+    if (ex.value === 0 && Math.abs(x) <= ex.roundoff) {
+      return verdict(common, PASSED, fill(m.roundoff, { x3: formatG(x, 3) }));
+    }
+    for (var i = 0; i < ex.mistakes.length; i++) {
+      var k = ex.mistakes[i];
+      var rtol = k.rtol === null || k.rtol === undefined ? ex.rtol : k.rtol;
+      var atol = k.atol === null || k.atol === undefined ? ex.atol : k.atol;
+      if (matches(x, k.answer, rtol, atol)) return verdict(common, FAILED, k.message, k.name);
+    }
+    return verdict(common, FAILED, fill(m.wrong_number, { x6: formatG(x, 6), nudge: ex.nudge }));
+  }
+
+  function choiceLetter(common, text) {
+    var t = strip(text).toLowerCase();
+    var match = new RegExp(common.choice_text).exec(t);
+    return match ? match[1] : t;
+  }
+
+  function checkChoice(common, ex, text) {
+    var m = common.messages;
+    if (!strip(text)) return verdict(common, NOT_ATTEMPTED, m.choice_stub);
+    var letter = choiceLetter(common, text);
+    if (!Object.prototype.hasOwnProperty.call(ex.options, letter)) {
+      var valid = Object.keys(ex.options).sort().map(function (k) { return "'" + k + "'"; });
+      return verdict(common, FAILED, fill(m.not_an_option,
+        { text: quoted(text, common.quoted_max), valid: valid.join(", ") }));
+    }
+    if (letter === ex.answer) return verdict(common, PASSED, m.passed);
+    for (var i = 0; i < ex.mistakes.length; i++) {
+      if (ex.mistakes[i].answer === letter) {
+        return verdict(common, FAILED, ex.mistakes[i].message, ex.mistakes[i].name);
+      }
+    }
+    return verdict(common, FAILED, fill(m.wrong_option, { letter: letter, nudge: ex.nudge }));
+  }
+
+  var registry = {};
+
+  function check(id, text) {
+    var entry = registry[id];
+    if (!entry) throw new Error("no exercise " + id + " on this page");
+    var fn = entry.exercise.kind === "number" ? checkNumber : checkChoice;
+    return fn(entry.common, entry.exercise, String(text));
+  }
+
+  function show(widget, result) {
+    var box = widget.querySelector(".bncourse-result");
+    box.className = "bncourse-result bncourse-check bncourse-" + result.status.replace(" ", "-");
+    box.textContent = "";
+    var title = document.createElement("strong");
+    var mark = document.createElement("span");
+    mark.className = "bncourse-mark";
+    mark.textContent = { passed: "\u2714", failed: "\u2718", "not attempted": "\u2026" }[result.status];
+    title.appendChild(mark);
+    title.appendChild(document.createTextNode(" " + result.title));
+    box.appendChild(title);
+    box.appendChild(document.createTextNode(" " + result.message));
+    box.hidden = false;
+  }
+
+  function answerOf(widget) {
+    var field = widget.querySelector("input.bncourse-answer");
+    if (field) return field.value;
+    var chosen = widget.querySelector("input[type=radio]:checked");
+    return chosen ? chosen.value : "";
+  }
+
+  function setUp(widget) {
+    var data = JSON.parse(widget.getAttribute("data-exercise"));
+    var id = data.exercise.id;
+    register(data.common, data.exercise);
+    var form = widget.querySelector("form");
+    if (form) {
+      form.addEventListener("submit", function (event) {
+        event.preventDefault();
+        show(widget, check(id, answerOf(widget)));
+      });
+    }
+    var hintButton = widget.querySelector(".bncourse-hint-button");
+    var hintList = widget.querySelector(".bncourse-hints");
+    if (hintButton && hintList) {
+      var hints = data.exercise.hints, given = 0;
+      hintButton.addEventListener("click", function () {
+        if (given >= hints.length) return;
+        var item = document.createElement("li");
+        item.textContent = hints[given];
+        given += 1;
+        hintList.appendChild(item);
+        hintList.hidden = false;
+        if (given >= hints.length) {
+          hintButton.textContent = "No more hints";
+          hintButton.disabled = true;
+        } else {
+          hintButton.textContent = "Next hint (" + (given + 1) + " of " + hints.length + ")";
+        }
+      });
+    }
+    widget.classList.add("bncourse-ready");
+  }
+
+  function init() {
+    var widgets = document.querySelectorAll(".bncourse-widget[data-exercise]");
+    for (var i = 0; i < widgets.length; i++) setUp(widgets[i]);
+  }
+
+  function register(common, exercise) {
+    registry[exercise.id] = { common: common, exercise: exercise };
+  }
+
+  window.bncourseExercises = { check: check, formatG: formatG, register: register,
+                               ids: function () { return Object.keys(registry); } };
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
+  else init();
+})();
