@@ -21,6 +21,7 @@ from .strategies import BNInput, bn_inputs
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.verifies("prop-gradients-orthogonal", "eq-gradients-orthogonal")
 @settings(max_examples=40, deadline=None)
 @given(bn_inputs())
 def test_input_gradient_sums_to_zero_and_is_orthogonal_to_x_hat_up_to_eps(inp: BNInput):
@@ -59,6 +60,7 @@ def _small_batch():
     return rng.normal(2.0, 3.0, (6, 2)), rng.uniform(0.5, 2.0, 2), rng.normal(size=(6, 2))
 
 
+@pytest.mark.verifies("eq-gradients-central")
 def test_fd_sweep_float64_is_most_accurate_at_a_middle_step():
     x, gamma, dy = _small_batch()
     hs = np.logspace(-12, -0.5, 24)
@@ -92,6 +94,7 @@ def test_fd_sweep_detects_a_wrong_analytic_gradient():
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.verifies("eq-gradients-constants")
 def test_constants_gradient_equals_the_direct_path_only():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(8, 3, generator=g, dtype=torch.float64)
