@@ -9,17 +9,21 @@ network (see :data:`VARIANTS`): every weight, only BN's $\\gamma$ and $\\beta$, 
 output layer, the output layer alone (random features with a trained linear readout), as many
 randomly chosen non-BN weights as BN has parameters, and nothing. Each variant's learning
 rate is chosen by :func:`select_learning_rates` on a validation split carved from the
-training set, never the test set. Progress is shown with tqdm when the environment variable
-``BNCOURSE_QUIET`` is unset.
+training set, never the test set. That selection is the expensive part (90 training runs),
+so it is stored: ``python -m bncourse.training`` runs it and writes
+``book/data/train_only_bn_lr.json``, which chapter 3 reads (and re-checks in part). Progress
+is shown with tqdm when the environment variable ``BNCOURSE_QUIET`` is unset.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -502,6 +506,24 @@ class LRSelection:
         """Mean validation accuracy over the seeds, one value per learning rate."""
         return np.asarray(self.accuracy[variant]).mean(axis=1)
 
+    def settings(self) -> dict[str, object]:
+        """The keyword arguments of :func:`select_learning_rates` that reproduce this."""
+        return {"variants": tuple(self.chosen), "lrs": self.lrs, "seeds": self.seeds,
+                "widths": self.widths, "epochs": self.epochs, "batch_size": self.batch_size,
+                "validation_fraction": self.validation_fraction, "split_seed": self.split_seed}
+
+    def to_json(self, path: str | Path) -> None:
+        """Write the selection as JSON (settings, accuracies and choices as plain values)."""
+        Path(path).write_text(json.dumps(asdict(self), indent=1) + "\n", encoding="utf-8")
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> LRSelection:
+        """Read a selection written by :meth:`to_json`."""
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        for key in ("lrs", "seeds", "widths"):
+            raw[key] = tuple(raw[key])
+        return cls(**raw)
+
 
 
 def select_learning_rates(
@@ -559,11 +581,15 @@ def bn_parameter_count(model: nn.Module) -> int:
 
 @dataclass(frozen=True)
 class DriftResult:
-    """After each of ``steps`` forward passes: BN drift and the accuracy on clean test data."""
+    """After each of ``steps`` forward passes: BN drift and the accuracy on clean test data.
+
+    ``model`` is the drifted copy after the last pass (the input model is left alone).
+    """
 
     steps: np.ndarray
     drift: np.ndarray
     accuracy: np.ndarray
+    model: nn.Module | None = None
 
 
 def drift_while_frozen(
@@ -615,5 +641,28 @@ def drift_while_frozen(
             model(x_new[idx])
             drifts.append(drift())
             accuracies.append(accuracy(model, x_test, y_test))
-    return DriftResult(np.arange(steps + 1), np.array(drifts), np.array(accuracies))
+    return DriftResult(np.arange(steps + 1), np.array(drifts), np.array(accuracies), model)
 
+
+#: Where :func:`main` writes the selection and chapter 3 reads it.
+LR_FILE = Path(__file__).resolve().parent.parent / "book" / "data" / "train_only_bn_lr.json"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Choose the train-only-BN learning rates on the validation split and store them."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m bncourse.training", description=main.__doc__)
+    parser.add_argument("path", nargs="?", default=str(LR_FILE),
+                        help="where to write the JSON (default: book/data/train_only_bn_lr.json)")
+    args = parser.parse_args(argv)
+    selection = select_learning_rates(load_digits_data())
+    selection.to_json(args.path)
+    for variant, rate in selection.chosen.items():
+        means = np.round(100 * selection.mean_accuracy(variant), 1).tolist()
+        print(f"{variant:<14} chosen lr {rate:g}; validation accuracy (%) by lr: {means}")
+
+
+if __name__ == "__main__":
+    main()

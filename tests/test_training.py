@@ -222,4 +222,25 @@ def test_drift_while_frozen_shows_the_pitfall_and_the_fix(data):
     assert naive.drift[0] == 0.0 and naive.drift[-1] > 0.2, f"naive drift: {naive.drift}"
     assert np.all(frozen.drift == 0.0), f"frozen drift: {frozen.drift}"
     assert np.all(frozen.accuracy == frozen.accuracy[0]), "frozen accuracy changed"
+    assert naive.model is not model and accuracy(naive.model, data.x_test, data.y_test) == (
+        naive.accuracy[-1]), "the returned model must be the drifted copy after the last pass"
     assert isinstance(model[1], nn.BatchNorm1d) and model[1].training, "the input was modified"
+
+
+def test_lr_selection_round_trips_through_json_and_the_stored_file_is_consistent(data, tmp_path):
+    from bncourse.training import LR_FILE, LRSelection
+
+    sel = select_learning_rates(data, variants=("output_only",), lrs=(0.01, 0.1), seeds=(5,),
+                                widths=(8,), epochs=1, progress=False)
+    sel.to_json(tmp_path / "sel.json")
+    again = LRSelection.from_json(tmp_path / "sel.json")
+    assert again == sel, "the JSON round trip changed the selection"
+    assert select_learning_rates(data, progress=False, **{**again.settings(), "lrs": (0.01,)}
+                                 ).lrs == (0.01,)
+    stored = LRSelection.from_json(LR_FILE)
+    for variant, rate in stored.chosen.items():
+        means = stored.mean_accuracy(variant)
+        assert rate == stored.lrs[int(np.argmax(means))], (
+            f"{variant}: stored choice {rate} is not the best validation mean {means}"
+        )
+    assert set(stored.chosen) == set(TRAINED_VARIANTS)

@@ -118,6 +118,6 @@ def plot_train_only_bn(result, chance: float = 0.1) -> Figure:
     ax.set_ylim(0, 100)
     ax.set_ylabel("test accuracy (%)")
     ax.set_xlabel("what is trained (number of trained values)")
-    ax.set_title("Training only γ and β beats as many random weights, not a linear readout")
+    ax.set_title("Only γ and β trained: above as many random weights and a linear readout")
     fig.legend(loc="outside lower center", ncols=4)
     return fig
