@@ -7,6 +7,7 @@ and on the cases of **the case rule**, derived from what its statement allows:
    (N, C, L) rank 3, (N, C, H, W) rank 4, (N, C, D, H, W) rank 5, one channel's (m,)
    rank 1). An answer that works only for the ranks it was tried on (axes written as
    ``(0, 2, 3) if x.ndim == 4 else (0,)``, or hard-coded up to rank 4) fails.
+   A per-channel vector of moments ``(C,)`` counts as rank 1.
 2. **A negative gamma and a zero gamma**, when the exercise takes gamma: a case whose gamma
    has a negative entry and a case whose gamma has a zero entry. An answer that loses the
    sign of gamma (``abs(gamma)``, ``sqrt(gamma**2 / (var + eps))``) or divides by it fails.
@@ -115,10 +116,12 @@ def running_stats_cases() -> list[Case]:
 #: ``momentum`` floats; ``running_mean``/``running_var`` per-channel vectors; ``batch_size``
 #: an int that leaves a last batch of at least two rows.
 ROLES = ("x", "x_hat", "dy", "gamma", "beta", "eps", "momentum", "running_mean",
-         "running_var", "batch_size", "weight", "bias")
+         "running_var", "batch_size", "weight", "bias", "count", "mean", "m2")
 #: The roles that can stand for "x" (the array whose rank and dtype the rule is about), in
-#: order of preference; ``weight`` has shape (C, fan_in), its channels on axis 0.
-_X_ROLES = ("x", "x_hat", "dy", "weight")
+#: order of preference; ``weight`` has shape (C, fan_in), its channels on axis 0; ``mean``
+#: (with ``m2``, a sum of squared deviations, and ``count``, an int) is a per-channel (C,)
+#: vector of moments.
+_X_ROLES = ("x", "x_hat", "dy", "weight", "mean")
 
 #: The shape of ``x`` used for each rank, with C channels.
 _SHAPES = {1: lambda c: (7,), 2: lambda c: (8, c), 3: lambda c: (3, c, 5),
@@ -151,11 +154,11 @@ class CaseRule:
 
     @property
     def has_channels(self) -> bool:
-        return max(self.ranks) >= 2
+        return max(self.ranks) >= 2 or "mean" in self.roles or "weight" in self.roles
 
     def _args(self, r: np.random.Generator, rank: int, c: int, gamma: str,
               dtype: type = np.float64) -> tuple:
-        shape = _SHAPES[rank](c)
+        shape = self._shape(rank, c)
         loc, scale = r.uniform(-2.0, 2.0), r.uniform(0.5, 2.0)
         x = r.normal(loc, scale, shape)
         axes = (0, *range(2, rank)) if rank >= 2 else (0,)
@@ -169,7 +172,8 @@ class CaseRule:
                 g[0] = -g[0]
         values = {
             "x": x,
-            "x_hat": (x - x.mean(axis=axes, keepdims=True)) / x.std(axis=axes, keepdims=True),
+            "x_hat": ((x - x.mean(axis=axes, keepdims=True)) / x.std(axis=axes, keepdims=True)
+                      if "x_hat" in self.roles else None),
             "dy": r.normal(0.0, 1.0, shape),
             "gamma": g if rank >= 2 else float(g[0]),
             "beta": r.normal(0.0, 1.0, c) if rank >= 2 else float(r.normal()),
@@ -178,8 +182,15 @@ class CaseRule:
             "running_mean": r.normal(0.0, 1.0, c),
             "running_var": r.uniform(0.5, 2.0, c),
             "batch_size": 3,  # 8 rows: batches of 3, 3 and 2
+            "weight": r.normal(0.0, 1.0, (c, 4)),
+            "bias": r.normal(0.0, 1.0, c),
         }
-        args = tuple(values[role] for role in self.roles)
+        fresh = {
+            "count": lambda: int(r.integers(1, 10)),
+            "mean": lambda: r.normal(0.0, 2.0, c),
+            "m2": lambda: r.uniform(0.1, 5.0, c),
+        }
+        args = tuple(fresh[role]() if role in fresh else values[role] for role in self.roles)
         return tuple(a.astype(dtype) if isinstance(a, np.ndarray) else a for a in args)
 
     def _x(self, args: tuple) -> np.ndarray:
@@ -191,7 +202,7 @@ class CaseRule:
             if role in self.roles and isinstance(args[self.roles.index(role)], np.ndarray):
                 return int(args[self.roles.index(role)].shape[0])
         x = self._x(args)
-        if "weight" in self.roles:
+        if "weight" in self.roles or "mean" in self.roles:
             return int(x.shape[0])
         return int(x.shape[1]) if x.ndim >= 2 else None
 
@@ -226,6 +237,9 @@ class CaseRule:
             out.append("no repeated shape with new values")
         return out
 
+    def _shape(self, rank: int, c: int) -> tuple[int, ...]:
+        return (c,) if "mean" in self.roles else _SHAPES[rank](c)
+
     def cases(self) -> list[Case]:
         """The cases the rule asks for, seeded (the same list on every call); none when the
         exercise's own cases follow the rule already (``generate=False``)."""
@@ -236,21 +250,21 @@ class CaseRule:
         top = max(self.ranks)
         cases = []
         for rank in self.ranks:
-            cases.append(Case(f"rule: x of shape {_SHAPES[rank](3)}",
+            cases.append(Case(f"rule: x of shape {self._shape(rank, 3)}",
                               self._args(r, rank, 3, "positive")))
         if self.has_gamma:
             where = min(top, 3) if min(top, 3) in self.ranks else first
-            cases.append(Case(f"rule: a negative gamma, x of shape {_SHAPES[where](3)}",
+            cases.append(Case(f"rule: a negative gamma, x of shape {self._shape(where, 3)}",
                               self._args(r, where, 3, "negative")))
-            cases.append(Case(f"rule: a zero gamma, x of shape {_SHAPES[top](3)}",
+            cases.append(Case(f"rule: a zero gamma, x of shape {self._shape(top, 3)}",
                               self._args(r, top, 3, "zero")))
         if self.has_channels:
-            cases.append(Case(f"rule: one channel (C = 1), x of shape {_SHAPES[top](1)}",
+            cases.append(Case(f"rule: one channel (C = 1), x of shape {self._shape(top, 1)}",
                               self._args(r, top, 1, "negative")))
         if self.dtype_promised:
-            cases.append(Case(f"rule: float32 input, x of shape {_SHAPES[first](3)}",
+            cases.append(Case(f"rule: float32 input, x of shape {self._shape(first, 3)}",
                               self._args(r, first, 3, "negative", np.float32)))
-        cases.append(Case(f"rule: x of shape {_SHAPES[first](3)} again, with new values",
+        cases.append(Case(f"rule: x of shape {self._shape(first, 3)} again, with new values",
                           self._args(r, first, 3, "positive")))
         return cases
 
@@ -268,6 +282,8 @@ RULES: dict[str, CaseRule] = {rule.exercise_id: rule for rule in (
              _ALL_RANKS, seed=5),
     CaseRule("parameters.cumulative", ("x", "batch_size"), (2,), seed=6),
     CaseRule("invariance.jacobian", ("x", "gamma", "eps"), (1,), dtype_promised=True, seed=7),
+    CaseRule("distributed.merge", ("count", "mean", "m2", "count", "mean", "m2"), (1,),
+             seed=8),
     CaseRule("inference.eval_backward",
              ("dy", "x", "gamma", "running_mean", "running_var", "eps"), _ALL_RANKS,
              dtype_promised=True, generate=False),
