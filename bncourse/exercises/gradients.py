@@ -101,7 +101,11 @@ def _bessel_corrected(dy, x, gamma, eps):
     axes = reduction_axes(x.ndim)
     m = x.size // x.shape[1]
     mean = x.mean(axis=axes, keepdims=True)
-    inv_std = 1.0 / np.sqrt(x.var(axis=axes, keepdims=True, ddof=1) + eps)
+    centred = x - mean
+    # The unbiased variance, sum of squares over m - 1; undefined (nan) for m = 1.
+    var = (centred**2).sum(axis=axes, keepdims=True) / (m - 1) if m > 1 else np.full_like(
+        mean, np.nan)
+    inv_std = 1.0 / np.sqrt(var + eps)
     x_hat = (x - mean) * inv_std
     g = gamma.reshape(channel_shape(x.ndim, x.shape[1]))
     dbeta = dy.sum(axis=axes)
