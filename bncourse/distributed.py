@@ -65,6 +65,7 @@ __all__ = [
     "ddp_reference",
     "RESNET50_BN_CHANNELS",
     "resnet50_bn_channels",
+    "resnet50_parameter_count",
     "sync_values_per_step",
     "sync_bytes_per_step",
     "accumulation_gap",
@@ -577,6 +578,24 @@ def resnet50_bn_channels() -> list[int]:
     return channels
 
 
+def resnet50_parameter_count() -> int:
+    """The number of parameters of ResNet-50 (1000 classes), counted from its architecture.
+
+    Convolutions without bias (7x7 stem; 1x1, 3x3, 1x1 in each bottleneck; 1x1 projection
+    shortcuts), two parameters per BN channel, and the final 2048 -> 1000 linear layer.
+    """
+    total = 3 * 64 * 7 * 7 + 2 * 64
+    cin = 64
+    for blocks, width in ((3, 64), (4, 128), (6, 256), (3, 512)):
+        for block in range(blocks):
+            total += cin * width + width * width * 9 + width * 4 * width
+            total += 2 * (width + width + 4 * width)
+            if block == 0:
+                total += cin * 4 * width + 2 * 4 * width
+            cin = 4 * width
+    return total + 2048 * 1000 + 1000
+
+
 #: BN channel counts of ResNet-50, stem first.
 RESNET50_BN_CHANNELS: tuple[int, ...] = tuple(resnet50_bn_channels())
 
@@ -736,10 +755,8 @@ def ghost_vs_sub_batches(n: int = 32, virtual: int = 8, c: int = 5,
 # --------------------------------------------------------------------------------------
 
 
-def _bench_worker(rank: int, world_size: int, norm: str, global_batch: int,
-                  widths: Sequence[int], steps: int, warmup: int) -> dict[str, Any]:
+def _bench_model(norm: str, widths: Sequence[int]) -> nn.Module:
     torch.manual_seed(0)
-    local = global_batch // world_size
     layers: list[nn.Module] = []
     previous = 64
     for width in widths:
@@ -748,35 +765,49 @@ def _bench_worker(rank: int, world_size: int, norm: str, global_batch: int,
         layers.append(nn.ReLU())
         previous = width
     layers.append(nn.Linear(previous, 10))
-    model = nn.parallel.DistributedDataParallel(nn.Sequential(*layers))
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    return nn.parallel.DistributedDataParallel(nn.Sequential(*layers))
+
+
+def _bench_worker(rank: int, world_size: int, global_batch: int, widths: Sequence[int],
+                  steps: int, warmup: int) -> dict[str, list[float]]:
+    local = global_batch // world_size
+    models = {norm: _bench_model(norm, widths) for norm in BENCH_VARIANTS}
+    optimizers = {k: torch.optim.SGD(m.parameters(), lr=0.01) for k, m in models.items()}
     g = torch.Generator().manual_seed(rank)
     x = torch.randn(local, 64, generator=g)
     y = torch.randint(0, 10, (local,), generator=g)
-    times = []
+    times: dict[str, list[float]] = {norm: [] for norm in BENCH_VARIANTS}
     for step in range(warmup + steps):
-        dist.barrier()
-        start = time.perf_counter()
-        loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        dist.barrier()
-        if step >= warmup:
-            times.append(time.perf_counter() - start)
-    return {"times": times}
+        # Alternate the variants step by step, so that a busy machine slows both alike.
+        order = BENCH_VARIANTS if step % 2 == 0 else BENCH_VARIANTS[::-1]
+        for norm in order:
+            dist.barrier()
+            start = time.perf_counter()
+            loss = nn.functional.cross_entropy(models[norm](x), y)
+            optimizers[norm].zero_grad(set_to_none=True)
+            loss.backward()
+            optimizers[norm].step()
+            dist.barrier()
+            if step >= warmup:
+                times[norm].append(time.perf_counter() - start)
+    return times
+
+
+#: The variants of the scaling benchmark: the global batch's statistics, or each process's.
+BENCH_VARIANTS = ("sync", "local")
 
 
 def bench(processes: Sequence[int] = (1, 2, 3, 4), global_batch: int = 1536,
-          widths: Sequence[int] = (512, 512), steps: int = 40, warmup: int = 5,
+          widths: Sequence[int] = (256, 256), steps: int = 60, warmup: int = 5,
           timeout: float = 300.0) -> dict[str, Any]:
     """Time per training step of a data-parallel MLP against the number of processes.
 
     Strong scaling: the global batch is fixed and split evenly, each process runs one
-    intra-op thread, and DDP averages the gradients. Two variants: ``sync``
-    (:class:`SyncBatchNorm`, the global batch's statistics) and ``local``
-    (:class:`bncourse.BatchNorm`, each process's own). Returns the machine, the settings and
-    one row per (processes, variant) with the median and quartiles of the step time.
+    intra-op thread, and DDP averages the gradients. Two variants, alternated step by step
+    within one launch: ``sync`` (:class:`SyncBatchNorm`, the global batch's statistics) and
+    ``local`` (:class:`bncourse.BatchNorm`, each process's own). A step's time is the
+    slowest process's, between two barriers. Returns the machine, the settings and one row
+    per (processes, variant) with the median and quartiles of the step time.
     """
     from .bench import machine_info
 
@@ -784,19 +815,20 @@ def bench(processes: Sequence[int] = (1, 2, 3, 4), global_batch: int = 1536,
     for p in processes:
         if global_batch % p:
             raise ValueError(f"the global batch {global_batch} does not split over {p} processes")
-        for norm in ("sync", "local"):
-            results = launch(_bench_worker, p, (norm, global_batch, tuple(widths), steps, warmup),
-                             timeout=timeout)
-            per_step = [max(ts) for ts in zip(*(r["times"] for r in results), strict=True)]
+        results = launch(_bench_worker, p, (global_batch, tuple(widths), steps, warmup),
+                         timeout=timeout)
+        for norm in BENCH_VARIANTS:
+            per_step = [max(ts) for ts in zip(*(r[norm] for r in results), strict=True)]
             q = statistics.quantiles(per_step, n=4)
             rows.append({"processes": p, "variant": norm,
                          "median_ms": 1e3 * statistics.median(per_step),
                          "q1_ms": 1e3 * q[0], "q3_ms": 1e3 * q[2]})
-            print(f"{p} process(es), {norm:5s}: {rows[-1]['median_ms']:8.2f} ms per step",
+            print(f"{p} process(es), {norm:5s}: {rows[-1]['median_ms']:8.2f} ms per step "
+                  f"(quartiles {rows[-1]['q1_ms']:.2f} to {rows[-1]['q3_ms']:.2f})",
                   file=sys.stderr)
     return {"machine": machine_info(), "global_batch": global_batch, "widths": list(widths),
             "steps": steps, "warmup": warmup, "dtype": "float32", "threads_per_process": 1,
-            "rows": rows}
+            "command": "python -m bncourse.distributed bench", "rows": rows}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

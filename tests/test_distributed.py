@@ -308,6 +308,7 @@ def test_resnet50_bn_channels_match_a_built_resnet50():
     model = _resnet50()
     # 25,557,032 parameters: the count torchvision documents for its resnet50.
     assert sum(p.numel() for p in model.parameters()) == 25_557_032
+    assert D.resnet50_parameter_count() == 25_557_032
     built = sorted(m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm2d))
     assert sorted(D.resnet50_bn_channels()) == built
     assert len(D.RESNET50_BN_CHANNELS) == len(built)
