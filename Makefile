@@ -10,6 +10,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # The site serves its own MathJax, installed from the npm registry as package-lock.json pins it.
 MATHJAX := node_modules/mathjax/es5/tex-mml-chtml.js
+# What the intro page offers for download, written into the built site.
+DOWNLOADS := _build/html/_downloads
+KIT_ZIP := bncourse-student-kit.zip
+PDF := $(DOWNLOADS)/bncourse.pdf
 # Notebooks listed in _toc.yml, in book order.
 NOTEBOOKS = $(shell $(PY) -m bncourse.authoring notebooks)
 # Readers who run a chapter themselves see progress bars; stored outputs never do.
@@ -18,14 +22,15 @@ export PYTHONHASHSEED := 0
 # Keep matplotlib state inside the build, not in the user's home.
 export MPLCONFIGDIR := $(CURDIR)/_build/.mplconfig
 
-.PHONY: help setup book test unit nbval browser student execute bench lint clean
+.PHONY: help setup book pdf test unit nbval browser student execute bench lint clean
 
 help:
 	@echo "make book     build the site into _build/html (every chapter executed, warnings as errors)"
 	@echo "make test     unit tests, property tests and nbval over every chapter"
+	@echo "make pdf      the whole book as one PDF, printed by headless Chromium (after make book)"
 	@echo "make browser  open every page of the built site in headless Chromium (after make book)"
 	@echo "make execute  re-execute the chapters in place (after changing bncourse or a chapter)"
-	@echo "make student  write the student notebooks (solutions removed) to _build/student"
+	@echo "make student  write the student kit (notebooks, wheel, data, README) to _build/student"
 	@echo "make bench    benchmark bncourse.BatchNorm against torch (prints a table)"
 	@echo "make lint     ruff over the package and the tests"
 	@echo "make clean    remove _build and caches (keeps .venv)"
@@ -47,10 +52,19 @@ setup: $(STAMP) $(MATHJAX)
 
 # _build/html and the doctrees are written afresh: every chapter is executed on every build, and a
 # page whose chapter left the toc does not linger on the site.
-book: $(STAMP) $(MATHJAX) student
+book: $(STAMP) $(MATHJAX)
 	rm -rf _build/html _build/.doctrees
 	$(VENV)/bin/jupyter-book build . --builder html -W -n --keep-going
+	$(MAKE) --no-print-directory student
 	@echo "Open _build/html/index.html"
+
+# The whole book on one page (the chapters' stored outputs, not a second execution), printed
+# to $(PDF) by the system's Chromium with MathJax typeset; needs no network.
+pdf: $(STAMP) $(MATHJAX)
+	@test -d _build/html || { echo "run make book first (the PDF is linked from its intro)"; exit 1; }
+	rm -rf _build/singlehtml
+	BNCOURSE_NB_EXECUTION=off $(VENV)/bin/jupyter-book build . --builder singlehtml -n --keep-going
+	$(PY) book/_ext/course_pdf.py _build/singlehtml $(PDF)
 
 test: $(STAMP)
 	$(PY) -m pytest tests --ignore=tests/browser $(NOTEBOOKS) --nbval --nbval-current-env \
@@ -68,8 +82,11 @@ nbval: $(STAMP)
 browser: $(STAMP)
 	$(PY) -m pytest tests/browser -p no:cacheprovider
 
+# The kit runs from _build/student as it is; its zip is also copied into the built site.
 student: $(STAMP)
+	rm -rf _build/student
 	$(PY) -m bncourse.authoring student _build/student
+	@if [ -d _build/html ]; then mkdir -p $(DOWNLOADS) && cp _build/student/$(KIT_ZIP) $(DOWNLOADS)/; fi
 
 execute: $(STAMP)
 	$(PY) -m bncourse.authoring execute $(NOTEBOOKS)

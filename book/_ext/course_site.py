@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -80,6 +81,49 @@ def _theme_defaults(app: Sphinx, config: Config) -> None:
     config.html_domain_indices = False
     if not config.html_last_updated_fmt:
         config.html_last_updated_fmt = "%Y-%m-%d"
+
+
+NO_REPOSITORY = ("this copy of the site was built before the repository had a public "
+                 "address, so ask whoever gave you the course for a copy.")
+
+
+def course_version(root: Path) -> str:
+    """The version of the course: ``bncourse``'s, from ``pyproject.toml``."""
+    text = (root / "pyproject.toml").read_text(encoding="utf-8")
+    project = text.split("[project]", 1)[-1].split("\n[", 1)[0]
+    found = re.search(r'^version\s*=\s*"([^"]+)"', project, re.MULTILINE)
+    if not found:
+        raise ConfigError("pyproject.toml has no [project] version")
+    return found.group(1)
+
+
+def _substitutions(app: Sphinx, config: Config) -> None:
+    """``{{ course_version }}`` and ``{{ course_repository }}`` for the pages' Markdown.
+
+    The repository sentence links ``repository.url`` once it is set, and says in words where
+    the code comes from while it is empty.
+    """
+    url = (dict(config.html_theme_options).get("repository_url") or "").strip()
+    repository = f"[{url}]({url})." if url else NO_REPOSITORY
+    config.myst_substitutions = {
+        **(config.myst_substitutions or {}),
+        "course_version": course_version(Path(app.confdir)),
+        "course_repository": repository,
+    }
+
+
+def _execution_mode(app: Sphinx, config: Config) -> None:
+    """``BNCOURSE_NB_EXECUTION=off`` renders the stored outputs instead of executing.
+
+    ``make pdf`` uses it for the single-page build: the chapters' stored outputs are the
+    executed ones (``make test`` compares them with a fresh run), so printing them again
+    needs no second execution of every chapter.
+    """
+    mode = os.environ.get("BNCOURSE_NB_EXECUTION", "").strip()
+    if mode:
+        if mode not in ("off", "force", "auto", "cache", "inline"):
+            raise ConfigError(f"BNCOURSE_NB_EXECUTION={mode!r} is not a MyST-NB execution mode")
+        config.nb_execution_mode = mode
 
 
 def _last_commit_date(path: Path) -> str | None:
@@ -134,6 +178,20 @@ def _check_mathjax(app: Sphinx, config: Config) -> None:
             f"MathJax is not installed in {MATHJAX_PACKAGE}: run `make setup` "
             "(it runs `npm ci` on the committed package-lock.json)."
         )
+
+
+def _single_page_handlers(app: Sphinx) -> None:
+    """Let the single-page builder (``make pdf``) write every node the HTML builder writes.
+
+    sphinx-proof registers its theorem and proof nodes for ``html`` and ``latex`` only; the
+    single-page builder uses the same HTML translator, so it takes the same handlers.
+    """
+    if app.builder.name != "singlehtml":
+        return
+    handlers = app.registry.translation_handlers
+    single = handlers.setdefault("singlehtml", {})
+    for node, pair in handlers.get("html", {}).items():
+        single.setdefault(node, pair)
 
 
 def _copy_mathjax(app: Sphinx) -> None:
@@ -212,12 +270,15 @@ def setup(app: Sphinx) -> dict[str, object]:
     from course_bibstyle import register as register_bibstyle
 
     register_bibstyle()
+    app.connect("config-inited", _substitutions)
     app.connect("config-inited", _repository_links)
     app.connect("config-inited", _theme_defaults)
     app.connect("config-inited", _check_mathjax)
+    app.connect("config-inited", _execution_mode)
     app.connect("html-page-context", _page_assets, priority=900)
     app.connect("html-page-context", _last_updated)
     app.connect("builder-inited", _copy_mathjax)
+    app.connect("builder-inited", _single_page_handlers)
     app.connect("build-finished", _trim_pages)
     app.connect("build-finished", _write_numbers)
     app.add_css_file("course.css", priority=900)
