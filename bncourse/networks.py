@@ -331,7 +331,8 @@ def placement_experiment(
 @dataclass(frozen=True)
 class UnitTrace:
     """``percentiles[k]`` of one unit's pre-activation on a fixed batch after ``steps[k]``
-    optimizer steps; ``levels`` are the percentile levels (columns)."""
+    optimizer steps; ``levels`` are the percentile levels (columns); ``layer_drift`` is the
+    layer-wide median shift of :func:`unit_input_over_training`."""
 
     placement: str
     unit: int
@@ -339,12 +340,6 @@ class UnitTrace:
     steps: np.ndarray
     percentiles: np.ndarray
     layer_drift: float
-
-    def median_shift(self) -> float:
-        """How far the unit's median moved, first record to last, in initial 15-85 spreads."""
-        mid = self.levels.index(50.0)
-        spread = self.percentiles[0, -1] - self.percentiles[0, 0]
-        return float(abs(self.percentiles[-1, mid] - self.percentiles[0, mid]) / spread)
 
 
 def _layer_drift(first: np.ndarray, last: np.ndarray) -> float:
@@ -376,8 +371,9 @@ def unit_input_over_training(
     with BN before the ReLU (``placement="before"``). It is measured every ``every`` steps
     on a fixed probe batch (the first ``probe_size`` test images, never trained on), in
     training mode on a copy of the network, so the measurement leaves the running
-    statistics alone. ``layer_drift`` is the same median shift as
-    :meth:`UnitTrace.median_shift`, averaged over every unit of that layer.
+    statistics alone. ``layer_drift`` is how far the median moved from the first record to
+    the last, in units of the initial distance between the 15th and 85th percentiles,
+    averaged over every unit of that layer.
     """
     import copy
 

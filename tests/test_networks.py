@@ -205,3 +205,13 @@ def test_without_bn_a_unit_input_drifts_far_more_than_with_bn(digits):
         unit_input_over_training(digits, placement="after")
     with pytest.raises(ValueError, match="unit"):
         unit_input_over_training(digits, unit=64)
+
+
+def test_layer_drift_measures_median_shift_in_initial_15_85_ranges():
+    from bncourse.networks import _layer_drift
+
+    first = np.random.default_rng(0).normal(size=(1000, 4)) * np.array([1.0, 2.0, 0.5, 3.0])
+    spread = np.percentile(first, 85, axis=0) - np.percentile(first, 15, axis=0)
+    assert _layer_drift(first, first) == 0.0
+    assert _layer_drift(first, first + 2.0 * spread) == pytest.approx(2.0)
+    assert _layer_drift(first, 5.0 * first) < 0.1, "a pure rescaling about 0 barely moves medians"
