@@ -1,10 +1,13 @@
 """Analysis helpers of the gradients chapter: finite-difference sweeps, a wrong gradient, costs.
 
-* :func:`fd_error_sweep`: the error of central differences as a function of the step ``h``.
+* :func:`fd_error_sweep`: the error of central differences as a function of the step ``h``,
+  and :func:`float32_rounding_limits`: the float32 spacings behind its round-off branch.
 * :func:`constants_gradient`: the input gradient obtained when the batch statistics are
-  (wrongly) treated as constants, and :func:`constants_error_vs_batch` to measure how wrong.
+  (wrongly) treated as constants, and :func:`constants_error_vs_batch` and
+  :func:`constants_error_vs_amplitude` to measure how wrong.
 * :func:`saved_bytes_by_variant` and :func:`traffic_per_element`: what each implementation
-  keeps for the backward pass, and how many bytes its kernels read and write per element.
+  keeps for the backward pass, and how many bytes its kernels read and write per element
+  (in-place writes included, views free).
 * :func:`load_bench` and :func:`achieved_bandwidth`: the benchmark table of ``make bench``.
 """
 

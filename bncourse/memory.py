@@ -3,6 +3,11 @@
 Each tensor autograd saves is counted once (by its storage), so a view of a saved tensor
 or the same tensor saved by two nodes is not counted twice. Parameters and the input that
 the caller holds anyway are still counted: they are what autograd keeps alive.
+
+:func:`block_saved_tensors` runs a small block (Linear or Conv, BN, ReLU in some order) and
+says, layer by layer, whether each keeps its input, its output or a new tensor, so that the
+cost of BN's saved tensor can be judged in context: free when the layer before BN keeps its
+output anyway, one more activation-sized tensor otherwise.
 """
 
 from __future__ import annotations
