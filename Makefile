@@ -92,7 +92,7 @@ execute: $(STAMP)
 	$(PY) -m bncourse.authoring execute $(NOTEBOOKS)
 
 bench: $(STAMP)
-	$(PY) -m bncourse.bench
+	$(PY) -m bncourse.bench $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check bncourse tests

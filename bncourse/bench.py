@@ -28,9 +28,15 @@ paired ratios scatter over an order of magnitude. One thread measures the work.
 Memory: the bytes each variant saves for the backward pass, counted with saved-tensor hooks
 (:func:`bncourse.memory.saved_tensors`); deterministic, and tested in ``tests/test_bench.py``.
 
-Run ``python -m bncourse.bench`` (``make bench``); ``--quick`` for a smoke run,
-``--no-compile`` to skip the compiled path, ``--shapes 8x4 4x3x5x5`` for other shapes,
-``--out PATH`` for the JSON (default ``book/data/bench.json``).
+Device: ``--device cpu`` (the default) or ``--device cuda`` (torch's native layer is then
+cuDNN's; every step ends with ``torch.cuda.synchronize()`` so that times are those of the
+kernels, and the JSON goes to ``book/data/bench-cuda.json`` unless ``--out`` says otherwise).
+``--device cuda`` on a machine without CUDA stops with an error saying so.
+
+Run ``python -m bncourse.bench`` (``make bench``, ``make bench ARGS="--device cuda"``);
+``--quick`` for a smoke run, ``--no-compile`` to skip the compiled path,
+``--shapes 8x4 4x3x5x5`` for other shapes, ``--out PATH`` for the JSON (default
+``book/data/bench.json``).
 """
 
 from __future__ import annotations
@@ -66,6 +72,8 @@ __all__ = [
     "saved_for_backward",
     "Timing",
     "time_shape",
+    "check_device",
+    "machine_info",
     "run",
     "main",
 ]
@@ -76,6 +84,8 @@ SHAPES: tuple[tuple[int, ...], ...] = (
 VARIANTS: tuple[str, ...] = ("torch", "bncourse", "staged", "compiled")
 EPS = 1e-5
 DEFAULT_OUT = Path("book/data/bench.json")
+DEFAULT_OUT_CUDA = Path("book/data/bench-cuda.json")
+DEVICES: tuple[str, ...] = ("cpu", "cuda")
 
 # Repetitions: as many as fit in the time budget of a shape, within [min, max].
 FULL = {"warmup": 10, "budget_s": 30.0, "min_reps": 80, "max_reps": 3000}
@@ -95,25 +105,31 @@ class Inputs:
 
 
 def make_inputs(
-    shape: Sequence[int], dtype: torch.dtype = torch.float32, seed: int = 0
+    shape: Sequence[int], dtype: torch.dtype = torch.float32, seed: int = 0,
+    device: str | torch.device = "cpu",
 ) -> Inputs:
-    """Random ``x`` (mean 1, std 2), ``gamma`` near 1, ``beta`` near 0 and ``dy``, seeded."""
+    """Random ``x`` (mean 1, std 2), ``gamma`` near 1, ``beta`` near 0 and ``dy``, seeded.
+
+    The values are drawn on the CPU (the same numbers on every device) and moved to ``device``.
+    """
     g = torch.Generator().manual_seed(seed)
     c = shape[1]
-    x = (1.0 + 2.0 * torch.randn(tuple(shape), generator=g, dtype=dtype)).requires_grad_()
+    x = 1.0 + 2.0 * torch.randn(tuple(shape), generator=g, dtype=dtype)
     gamma = 1.0 + 0.1 * torch.randn(c, generator=g, dtype=dtype)
     beta = 0.1 * torch.randn(c, generator=g, dtype=dtype)
     dy = torch.randn(tuple(shape), generator=g, dtype=dtype)
-    return Inputs(x, gamma, beta, dy)
+    x, gamma, beta, dy = (t.to(device) for t in (x, gamma, beta, dy))
+    return Inputs(x.requires_grad_(), gamma, beta, dy)
 
 
-def _torch_layer(c: int, ndim: int, dtype: torch.dtype) -> torch.nn.Module:
+def _torch_layer(c: int, ndim: int, dtype: torch.dtype,
+                 device: torch.device | str = "cpu") -> torch.nn.Module:
     if ndim == 2 or ndim == 3:
-        return torch.nn.BatchNorm1d(c, eps=EPS, dtype=dtype)
+        return torch.nn.BatchNorm1d(c, eps=EPS, dtype=dtype, device=device)
     if ndim == 4:
-        return torch.nn.BatchNorm2d(c, eps=EPS, dtype=dtype)
+        return torch.nn.BatchNorm2d(c, eps=EPS, dtype=dtype, device=device)
     if ndim == 5:
-        return torch.nn.BatchNorm3d(c, eps=EPS, dtype=dtype)
+        return torch.nn.BatchNorm3d(c, eps=EPS, dtype=dtype, device=device)
     raise ValueError(f"torch has no BatchNorm layer for {ndim}-dimensional inputs")
 
 
@@ -124,10 +140,10 @@ def make_forward(variant: str, inputs: Inputs) -> tuple[Forward, list[Tensor]]:
     that require grad, so all four compute the same function.
     """
     x = inputs.x
-    c, dtype = x.shape[1], x.dtype
+    c, dtype, device = x.shape[1], x.dtype, x.device
     if variant in ("torch", "bncourse"):
-        layer = _torch_layer(c, x.dim(), dtype) if variant == "torch" else BatchNorm(
-            c, eps=EPS, dtype=dtype
+        layer = _torch_layer(c, x.dim(), dtype, device) if variant == "torch" else BatchNorm(
+            c, eps=EPS, dtype=dtype, device=device
         )
         with torch.no_grad():
             layer.weight.copy_(inputs.gamma)
@@ -193,16 +209,22 @@ class Timing:
 
 
 def _one_step(forward: Forward, params: list[Tensor], inputs: Inputs) -> float:
+    cuda = inputs.x.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
     forward_backward(forward, params, inputs)
+    if cuda:
+        torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
 def time_shape(
-    shape: Sequence[int], variants: Sequence[str], settings: dict, seed: int = 0
+    shape: Sequence[int], variants: Sequence[str], settings: dict, seed: int = 0,
+    device: str = "cpu",
 ) -> Timing:
     """Interleaved timing of ``variants`` (which must include ``"torch"``) on one shape."""
-    inputs = make_inputs(shape, torch.float32, seed)
+    inputs = make_inputs(shape, torch.float32, seed, device)
     steps = {v: make_forward(v, inputs) for v in variants}
     compile_seconds = None
     if "compiled" in steps:
@@ -245,9 +267,25 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_info() -> dict:
-    """CPU model, logical cores, torch's intra-op threads, versions and the date (UTC)."""
+def check_device(device: str) -> None:
+    """Refuse a device this machine cannot run, with a message that says why."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}; got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "--device cuda: CUDA is not available here (torch.cuda.is_available() is False: "
+            f"no GPU, or torch {torch.__version__} was built without CUDA). Run on a machine "
+            "with an NVIDIA GPU and a CUDA build of torch, or use --device cpu"
+        )
+
+
+def machine_info(device: str = "cpu") -> dict:
+    """CPU model, logical cores, torch's intra-op threads, the device, versions and the date.
+
+    ``device`` is ``"cpu"``, or the GPU's name when the benchmark ran on CUDA.
+    """
     return {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "cpu": _cpu_name(),
         "cores": os.cpu_count() or 1,
         "threads": torch.get_num_threads(),
@@ -267,10 +305,10 @@ def _print_row(cells: Sequence[str], widths: Sequence[int]) -> None:
     print("  ".join(padded))
 
 
-def _warm_up_compiler() -> float:
+def _warm_up_compiler(device: str = "cpu") -> float:
     """Compile a tiny problem once, so that no shape's compile time includes start-up."""
     t0 = time.perf_counter()
-    inputs = make_inputs((2, 2))
+    inputs = make_inputs((2, 2), device=device)
     forward_backward(*make_forward("compiled", inputs), inputs)
     return time.perf_counter() - t0
 
@@ -281,8 +319,10 @@ def run(
     compile: bool = True,
     out: Path | str | None = DEFAULT_OUT,
     seed: int = 0,
+    device: str = "cpu",
 ) -> dict:
     """Benchmark every variant on every shape, print the table, write the JSON; return it."""
+    check_device(device)
     settings = QUICK if quick else FULL
     variants = [v for v in VARIANTS if compile or v != "compiled"]
     shapes = [tuple(int(d) for d in s) for s in shapes]
@@ -290,7 +330,9 @@ def run(
     compile_seconds: dict[str, float] = {}
     widths = (18, 9, 10, 7, 15, 9, 12)
     header = ("shape", "variant", "median ms", "ratio", "ratio IQR", "saved MB", "act. saved")
-    print(f"forward + backward, float32, {torch.get_num_threads()} threads, "
+    where = (f"{torch.cuda.get_device_name()}" if device == "cuda"
+             else f"cpu, {torch.get_num_threads()} threads")
+    print(f"forward + backward, float32, {where}, "
           f"{'quick' if quick else 'full'} run; ratio = median paired t / t_torch")
     cache_env = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     cache_dir = None
@@ -299,11 +341,11 @@ def run(
         # an earlier run); removed at the end.
         cache_dir = tempfile.mkdtemp(prefix="bncourse-bench-inductor-")
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
-        startup = _warm_up_compiler()
+        startup = _warm_up_compiler(device)
         print(f"compiler start-up (imports and a 2x2 compile, not in any row): {startup:.2f} s")
     _print_row(header, widths)
     try:
-        _run_shapes(shapes, variants, settings, seed, widths, rows, compile_seconds)
+        _run_shapes(shapes, variants, settings, seed, widths, rows, compile_seconds, device)
     finally:
         if cache_dir is not None:
             if cache_env is None:
@@ -314,7 +356,7 @@ def run(
     for key, seconds in compile_seconds.items():
         print(f"compile time {key}: {seconds:.2f} s (first forward + backward, not in the table)")
     result = {
-        "machine": machine_info(),
+        "machine": machine_info(device),
         "dtype": "float32",
         "shapes": [list(s) for s in shapes],
         "rows": rows,
@@ -336,10 +378,11 @@ def _run_shapes(
     widths: Sequence[int],
     rows: list[dict],
     compile_seconds: dict[str, float],
+    device: str = "cpu",
 ) -> None:
     for shape in shapes:
-        timing = time_shape(shape, variants, settings, seed)
-        inputs = make_inputs(shape, torch.float32, seed)
+        timing = time_shape(shape, variants, settings, seed, device)
+        inputs = make_inputs(shape, torch.float32, seed, device)
         numel = inputs.x.numel()
         for v in variants:
             saved = saved_for_backward(v, inputs)
@@ -394,14 +437,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled path")
     parser.add_argument("--shapes", nargs="+", type=_parse_shape, default=None,
                         metavar="NxC[xHxW]", help="shapes to run (default: the four standard)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help=f"where to write the JSON (default {DEFAULT_OUT})")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"where to write the JSON (default {DEFAULT_OUT}, "
+                        f"{DEFAULT_OUT_CUDA} with --device cuda)")
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="where to run: cpu (default) or cuda (needs a GPU)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: see the module docstring)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error(f"--threads must be at least 1; got {args.threads}")
+    try:
+        check_device(args.device)
+    except ValueError as e:
+        parser.error(str(e))
+    out = args.out
+    if out is None:
+        out = DEFAULT_OUT_CUDA if args.device == "cuda" else DEFAULT_OUT
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
@@ -409,8 +462,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             shapes=args.shapes or SHAPES,
             quick=args.quick,
             compile=not args.no_compile,
-            out=args.out,
+            out=out,
             seed=args.seed,
+            device=args.device,
         )
     finally:
         torch.set_num_threads(threads)

@@ -188,7 +188,9 @@ def test_quick_run_writes_json_with_the_documented_schema(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert set(data) == {"machine", "dtype", "shapes", "rows", "compile_seconds"}, set(data)
     machine = data["machine"]
-    assert set(machine) == {"cpu", "cores", "threads", "torch", "python", "date"}, set(machine)
+    assert set(machine) == {"device", "cpu", "cores", "threads", "torch", "python", "date"}, (
+        set(machine))
+    assert machine["device"] == "cpu"
     for key, kind in (("cpu", str), ("cores", int), ("threads", int), ("torch", str),
                       ("python", str), ("date", str)):
         assert isinstance(machine[key], kind), f"machine[{key!r}] = {machine[key]!r}"
@@ -221,3 +223,41 @@ def test_shape_option_rejects_malformed_shapes():
         bench.main(["--quick", "--no-compile", "--shapes", "6", "--out", "unused.json"])
     with pytest.raises(SystemExit):
         bench.main(["--quick", "--no-compile", "--shapes", "6xa", "--out", "unused.json"])
+
+
+def test_device_option_refuses_cuda_clearly_where_there_is_none(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "bench.json"
+    with pytest.raises(SystemExit) as info:
+        bench.main(["--quick", "--no-compile", "--device", "cuda", "--shapes", "6x3",
+                    "--out", str(out)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "CUDA is not available" in err and "--device cpu" in err, err
+    assert not out.exists(), "nothing should be written when the device is refused"
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        bench.run(shapes=[(6, 3)], quick=True, compile=False, out=None, device="cuda")
+    with pytest.raises(SystemExit):
+        bench.main(["--quick", "--no-compile", "--device", "tpu", "--out", str(out)])
+
+
+def test_device_option_cpu_is_the_default_and_runs(tmp_path):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--quick", "--no-compile", "--device", "cpu", "--shapes", "6x3",
+                       "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["machine"]["device"] == "cpu"
+    inputs = bench.make_inputs((4, 3), device="cpu")
+    assert inputs.x.device.type == "cpu" and inputs.x.requires_grad
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_variants_match_torch_on_the_gpu():
+    inputs = bench.make_inputs((8, 4, 3, 3), torch.float32, seed=1, device="cuda")
+    reference = bench.forward_backward(*bench.make_forward("torch", inputs), inputs)
+    for variant in ("bncourse", "staged"):
+        result = bench.forward_backward(*bench.make_forward(variant, inputs), inputs)
+        for name, want, got in zip(("y", "dx", "dgamma", "dbeta"), reference, result,
+                                   strict=True):
+            assert got.device.type == "cuda", f"{variant} {name} left the GPU"
+            err = float((got - want).abs().max() / want.abs().max())
+            assert err < 1e-4, f"{variant} {name}: difference {err:.2e} of the largest value"
