@@ -171,3 +171,11 @@ def test_histogram_edge_answer_is_the_bound_seen_in_the_batch_dependence_run():
 @pytest.mark.parametrize("exercise_id", CHAPTER_IDS)
 def test_every_exercise_has_progressive_hints(exercise_id):
     assert len(EXERCISES[exercise_id].all_hints) >= 2
+
+
+def test_small_spread_answer_is_what_the_layer_does():
+    x = formula.SMALL_SPREAD_STD * np.random.default_rng(0).standard_normal((4096, 1)) + 3.0
+    bn = torch.nn.BatchNorm1d(1, eps=formula.SMALL_SPREAD_EPS, dtype=torch.float64)
+    std = float(bn(torch.from_numpy(x)).detach().std(correction=0))
+    assert 0.25 < std < 0.35, f"std of the output {std:.3f}, option (b) says about 0.3"
+    assert "0.3" in formula.SMALL_SPREAD.options[formula.SMALL_SPREAD.answer]

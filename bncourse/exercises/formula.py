@@ -510,4 +510,56 @@ HISTOGRAM_EDGE = ChoiceExercise(
     ),
 )
 
-EXERCISES += [HAND_COMPUTED, CONV_AXES, EVAL_OUTPUT, IDENTITY, NO_GRAD, HISTOGRAM_EDGE]
+
+
+# --------------------------------------------------------------------------------------
+# Reasoning: a channel whose spread is below sqrt(eps)
+# --------------------------------------------------------------------------------------
+
+#: The channel's standard deviation and eps of the small-spread question.
+SMALL_SPREAD_STD = 1e-3
+SMALL_SPREAD_EPS = 1e-5
+
+SMALL_SPREAD = ChoiceExercise(
+    id="formula.small_spread",
+    chapter=1,
+    title="A channel that barely varies",
+    options={
+        "a": "About 1: training-mode BN gives every channel standard deviation 1",
+        "b": "About 0.3: the batch variance, 1e-6, is small next to eps, so the division is "
+        "mostly by sqrt(eps)",
+        "c": "About 0.001: BN leaves a channel with so little variance as it is",
+        "d": "Exactly 0: any channel whose variance is below eps is set to 0",
+    },
+    answer="b",
+    hints=(
+        "Write the standard deviation of x_hat over the batch: x - mean has standard "
+        "deviation sigma_B, and every value is divided by the same number.",
+        "That number is sqrt(sigma_B^2 + eps). Compare sigma_B^2 = 1e-6 with eps = 1e-5: "
+        "which term dominates the sum?",
+    ),
+    mistakes=(
+        Mistake(
+            "always_unit_variance",
+            "BN divides by sqrt(var + eps), not by sqrt(var): when the variance is not large "
+            "next to eps, the output's standard deviation stays below 1.",
+            "a",
+        ),
+        Mistake(
+            "left_unchanged",
+            "BN has no special case for small variances: it still subtracts the mean and "
+            "divides by sqrt(var + eps), which is much smaller than 1 here, so the spread "
+            "grows.",
+            "c",
+        ),
+        Mistake(
+            "set_to_zero",
+            "eps is added to the variance, it is not a threshold: only a channel with exactly "
+            "zero variance gives x_hat = 0; a small variance gives a small, non-zero spread.",
+            "d",
+        ),
+    ),
+)
+
+EXERCISES += [HAND_COMPUTED, CONV_AXES, EVAL_OUTPUT, IDENTITY, NO_GRAD, HISTOGRAM_EDGE,
+              SMALL_SPREAD]
