@@ -807,11 +807,14 @@ def bench(processes: Sequence[int] = (1, 2, 3, 4), global_batch: int = 1536,
     within one launch: ``sync`` (:class:`SyncBatchNorm`, the global batch's statistics) and
     ``local`` (:class:`bncourse.BatchNorm`, each process's own). A step's time is the
     slowest process's, between two barriers. Returns the machine, the settings and one row
-    per (processes, variant) with the median and quartiles of the step time.
+    per (processes, variant) with the median and quartiles of the step time, and the
+    machine's one-minute load average before and after the run (other programs competing
+    for the cores show there).
     """
     from .bench import machine_info
 
     rows = []
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     for p in processes:
         if global_batch % p:
             raise ValueError(f"the global batch {global_batch} does not split over {p} processes")
@@ -826,9 +829,11 @@ def bench(processes: Sequence[int] = (1, 2, 3, 4), global_batch: int = 1536,
             print(f"{p} process(es), {norm:5s}: {rows[-1]['median_ms']:8.2f} ms per step "
                   f"(quartiles {rows[-1]['q1_ms']:.2f} to {rows[-1]['q3_ms']:.2f})",
                   file=sys.stderr)
+    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {"machine": machine_info(), "global_batch": global_batch, "widths": list(widths),
             "steps": steps, "warmup": warmup, "dtype": "float32", "threads_per_process": 1,
-            "command": "python -m bncourse.distributed bench", "rows": rows}
+            "command": "python -m bncourse.distributed bench",
+            "load_average": [load_before, load_after], "rows": rows}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

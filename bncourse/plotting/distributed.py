@@ -34,6 +34,9 @@ def plot_statistics_noise(sizes: Sequence[int], mean_std: Sequence[float],
               label="batch variance, measured")
     ax.loglog(m, np.sqrt(2 * (m - 1)) / m, "--", color=COLORS["normalized"], lw=1,
               label=r"$\sigma^2\sqrt{2(m-1)}/m$")
+    ax.set_xticks(m, [str(int(v)) for v in m])
+    ax.set_yticks([0.1, 0.2, 0.4, 0.7], ["0.1", "0.2", "0.4", "0.7"])
+    ax.minorticks_off()
     ax.set_xlabel("batch size $m$ (values per channel)")
     ax.set_ylabel("standard deviation over batches\n(data with $\\sigma = 1$)")
     ax.set_title("The batch statistics are noisy at small m: their spread\n"
@@ -81,10 +84,9 @@ def plot_scaling(bench: dict[str, Any]) -> Figure:
     cores = bench["machine"].get("cores")
     if cores:
         ax.axvline(cores + 0.5, color=COLORS["theory"], lw=1, ls=":")
-        ax.text(cores + 0.55, ax.get_ylim()[1] * 0.97, f"more processes\nthan {cores} cores",
-                va="top", fontsize=10)
     ax.set_xticks(sorted({r["processes"] for r in bench["rows"]}))
-    ax.set_xlabel("number of processes (global batch fixed)")
+    where = f"; dotted line: {cores} cores" if cores else ""
+    ax.set_xlabel(f"number of processes (global batch fixed{where})")
     ax.set_ylabel("time per training step (ms)\nmedian and quartiles")
     ax.set_title("Time per step against the number of processes on this machine")
     ax.legend(loc="upper left")
