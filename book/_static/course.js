@@ -24,14 +24,20 @@
    * solution from elsewhere (its id in the address) opens it too. */
   const openSolution = (solution) => {
     if (solution && solution.classList.contains("toggle-hidden")) {
-      const title = solution.querySelector(":scope > .admonition-title");
-      if (title) title.click();
+      const button = solution.querySelector(":scope > .admonition-title .toggle-button");
+      if (button) button.click();
     }
   };
   const solutionLinks = () => {
-    // The theme makes the whole title toggle the solution; the link only must not navigate.
+    // The theme's title handler only knows clicks on the title itself or on its button, so a
+    // click on the link is handed to the button.
     document.querySelectorAll("div.solution > .admonition-title a.reference").forEach((link) => {
-      link.addEventListener("click", (event) => event.preventDefault());
+      link.addEventListener("click", (event) => {
+        event.preventDefault();
+        event.stopPropagation();
+        const button = link.closest(".admonition-title").querySelector(".toggle-button");
+        if (button) button.click();
+      });
       link.setAttribute("title", "Show or hide the solution");
     });
     const target = decodeURIComponent(location.hash.slice(1));
@@ -103,12 +109,26 @@
     .replace(/\^(\S)/g, "$1")
     .replace(/_(\S)/g, "$1");
   const cleanSearchResults = () => {
-    const results = document.getElementById("search-results");
+    // The results box is made by the search script after the page has loaded.
+    const onSearchPage = DOCUMENTATION_OPTIONS && DOCUMENTATION_OPTIONS.pagename === "search";
+    const results = document.getElementById("search-results")
+      || (onSearchPage ? document.querySelector(".bd-article") || document.body : null);
     if (!results) return;
     const clean = () => {
       const walker = document.createTreeWalker(results, NodeFilter.SHOW_TEXT);
       const nodes = [];
       while (walker.nextNode()) nodes.push(walker.currentNode);
+      // The search marks the word it found (\gamma -> "\" + <span>gamma</span>): give the
+      // backslash back to the marked word, so that the command is read whole.
+      nodes.forEach((node) => {
+        const next = node.nextSibling;
+        if (node.textContent.endsWith("\\") && next && next.nodeType === 1
+            && /^[A-Za-z]/.test(next.textContent)) {
+          node.textContent = node.textContent.slice(0, -1);
+          next.textContent = "\\" + next.textContent;
+          nodes.push(next.firstChild);
+        }
+      });
       nodes.forEach((node) => {
         if (/\\[A-Za-z()[\]]|\$\$/.test(node.textContent)) {
           node.textContent = texToText(node.textContent);

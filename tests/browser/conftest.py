@@ -99,6 +99,8 @@ class Tab:
     page_errors: list[str] = field(default_factory=list)
     off_host: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    # Every finished request on the site, by URL: the bytes of its body (for the page weight).
+    sizes: dict[str, int] = field(default_factory=dict)
     closed: bool = False
 
     def close(self) -> None:
@@ -109,15 +111,23 @@ class Tab:
 
 @pytest.fixture(scope="session")
 def open_tab(browser, base_url):
-    """A factory: ``open_tab(path)`` loads a page in a fresh context and returns a Tab.
+    """A factory: ``open_tab(path, viewport=None, mode=None)`` loads a page in a fresh context.
 
-    Every request that would leave 127.0.0.1 is blocked and recorded, so a page that needs
-    the network fails the test instead of quietly working online.
+    ``viewport`` defaults to the desktop one (1280 px); ``mode`` is the reader's system
+    colour scheme, ``"light"`` or ``"dark"`` (the site follows it). Every request that would
+    leave 127.0.0.1 is blocked and recorded, so a page that needs the network fails the test
+    instead of quietly working online.
     """
     tabs: list[Tab] = []
 
-    def _open(path: str) -> Tab:
-        context = browser.new_context(viewport=VIEWPORT, service_workers="block")
+    def _open(path: str, viewport: dict | None = None, mode: str | None = None,
+              measure: bool = False) -> Tab:
+        options = {"viewport": viewport or VIEWPORT, "service_workers": "block"}
+        if mode is not None:
+            if mode not in ("light", "dark"):
+                raise ValueError(f"mode must be 'light' or 'dark', not {mode!r}")
+            options["color_scheme"] = mode
+        context = browser.new_context(**options)
         context.set_default_timeout(TIMEOUT_MS)
         page = context.new_page()
         tab = Tab(page=page, base_url=base_url)
@@ -143,11 +153,17 @@ def open_tab(browser, base_url):
             if response.status >= 400:
                 tab.failed.append(f"{response.url}: HTTP {response.status}")
 
+        def on_finished(request):
+            if request.url.startswith(base_url):
+                tab.sizes[request.url] = request.sizes()["responseBodySize"]
+
         context.route("**/*", route)
         page.on("console", on_console)
         page.on("pageerror", lambda error: tab.page_errors.append(str(error)))
         page.on("requestfailed", on_failed)
         page.on("response", on_response)
+        if measure:
+            page.on("requestfinished", on_finished)
         page.goto(base_url + path, wait_until="load")
         tabs.append(tab)
         return tab

@@ -25,6 +25,8 @@ CHROMIUM_ARGS = [
 # Folders of the build that hold assets, not pages.
 ASSET_DIRS = {"_static", "_sources", "_downloads", "_images", ".doctrees", ".buildinfo"}
 VIEWPORT = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+MODES = ("light", "dark")
 TIMEOUT_MS = 30_000
 
 
@@ -57,3 +59,8 @@ def has_math(page: str) -> bool:
 
 def has_solutions(page: str) -> bool:
     return re.search(r'class="solution[ "]', page_html(page)) is not None
+
+
+def screenshot_name(page: str, width: int, mode: str) -> str:
+    """``book-01_transform-390-dark.png``: a page's screenshot at a width, in a mode."""
+    return f"{page.removesuffix('.html').replace('/', '-')}-{width}-{mode}.png"

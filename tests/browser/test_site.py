@@ -14,7 +14,16 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Error as PlaywrightError
-from sitepages import SITE, TIMEOUT_MS, has_solutions, is_document, page_html, site_pages
+from sitepages import (
+    SITE,
+    TIMEOUT_MS,
+    VIEWPORT,
+    has_solutions,
+    is_document,
+    page_html,
+    screenshot_name,
+    site_pages,
+)
 
 # At most this many scripts per page in the HTML itself: the theme's, Sphinx's and MathJax's
 # entry point. MathJax's own tree must never be injected script by script.
@@ -88,12 +97,8 @@ class Visit:
 _REDIRECT = re.compile(r'<meta\s+http-equiv="refresh"', re.IGNORECASE)
 
 
-def screenshot_name(page: str) -> str:
-    return page.removesuffix(".html").replace("/", "-") + ".png"
-
-
 def _visit(open_tab, page: str, screenshots: Path) -> Visit:
-    tab = open_tab(page)
+    tab = open_tab(page, mode="light")
     mathjax_error = None
     try:
         if _REDIRECT.search(page_html(page)):
@@ -113,7 +118,7 @@ def _visit(open_tab, page: str, screenshots: Path) -> Visit:
         facts = tab.page.evaluate(_FACTS)
         shot = None
         if is_document(page):
-            shot = screenshots / screenshot_name(page)
+            shot = screenshots / screenshot_name(page, VIEWPORT["width"], "light")
             tab.page.screenshot(path=str(shot), full_page=True)
         return Visit(page, facts, list(tab.console_errors), list(tab.page_errors),
                      list(tab.off_host), list(tab.failed), mathjax_error, shot)
