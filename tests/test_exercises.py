@@ -825,3 +825,15 @@ def test_the_backward_with_axes_chosen_by_rank_and_the_bessel_corrected_one_are_
     bessel = check("gradients.backward", bessel_corrected)
     assert bessel.status == FAILED and bessel.mistake is not None, bessel
     assert "unbiased" in bessel.message
+
+
+def test_verdict_html_follows_the_theme_and_hard_codes_no_light_background():
+    import re
+
+    for answer in (0.25, 4.0, ...):
+        html = check("invariance.gradient_scale", answer)._repr_html_()
+        assert "var(--pst-color-" in html and "color: inherit" in html
+        for background in re.findall(r"background:\s*([^;]+);", html):
+            # Only a translucent tint: the page's own background shows through.
+            match = re.fullmatch(r"rgba\(\d+, \d+, \d+, (0?\.\d+)\)", background.strip())
+            assert match and float(match.group(1)) <= 0.2, background
