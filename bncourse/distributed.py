@@ -36,6 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ __all__ = [
     "convert_sync_batchnorm",
     "free_port",
     "launch",
+    "WorkerError",
     "parity_worker",
     "ddp_worker",
     "error_worker",
@@ -303,19 +305,52 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _record_failure(outdir: str, rank: int) -> None:
+    with open(os.path.join(outdir, f"rank{rank}.err"), "w", encoding="utf-8") as f:
+        f.write(f"{time.time()!r}\n{traceback.format_exc()}")
+
+
 def _entry(rank: int, fn: Callable[..., Any], world_size: int, port: int, args: tuple,
            outdir: str, timeout: float) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
-        timeout=datetime.timedelta(seconds=timeout),
-    )
+    try:
+        dist.init_process_group(
+            "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
+            timeout=datetime.timedelta(seconds=timeout),
+        )
+    except BaseException:
+        _record_failure(outdir, rank)
+        raise
     try:
         result = fn(rank, world_size, *args)
         torch.save(result, os.path.join(outdir, f"rank{rank}.pt"))
         dist.barrier()
+    except BaseException:
+        # Recorded before the group closes, so the first failure has the earliest time: the
+        # others are usually its consequence (a peer that left in the middle of a collective).
+        _record_failure(outdir, rank)
+        raise
     finally:
         dist.destroy_process_group()
+
+
+class WorkerError(RuntimeError):
+    """A worker of :func:`launch` raised; the message holds every failed worker's traceback."""
+
+
+def _worker_errors(outdir: str, world_size: int) -> str:
+    failures = []
+    for r in range(world_size):
+        path = os.path.join(outdir, f"rank{r}.err")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                when, _, text = f.read().partition("\n")
+            failures.append((float(when), r, text))
+    failures.sort()
+    return "\n".join(
+        f"--- rank {r}{' (failed first)' if i == 0 and len(failures) > 1 else ''} ---\n{text}"
+        for i, (_, r, text) in enumerate(failures)
+    )
 
 
 def _stop(processes: Sequence[Any]) -> None:
@@ -336,8 +371,9 @@ def launch(fn: Callable[..., Any], world_size: int, args: tuple = (),
     ``fn`` must be a module-level function (spawned processes import it by name) and return
     something ``torch.save`` can store. The processes form a gloo group on 127.0.0.1 at a
     free port, with one intra-op thread each (``OMP_NUM_THREADS=1``). If a worker raises,
-    the others are stopped and this raises ``torch.multiprocessing.ProcessRaisedException``
-    whose message holds the worker's traceback; if the run takes longer than ``timeout``
+    the others are stopped and this raises :class:`WorkerError`, whose message holds the
+    traceback of every worker that failed, the first failure first; if the run takes
+    longer than ``timeout``
     seconds, every worker is stopped and this raises ``TimeoutError``. No process outlives
     the call.
     """
@@ -365,6 +401,10 @@ def launch(fn: Callable[..., Any], world_size: int, args: tuple = (),
                         f"the {world_size} worker(s) of {fn.__name__} did not finish within "
                         f"{timeout:g} s and were stopped"
                     )
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
+            _stop(context.processes)
+            details = _worker_errors(outdir, world_size) or str(e)
+            raise WorkerError(f"a worker of {fn.__name__} failed:\n{details}") from e
         finally:
             _stop(context.processes)
         return [torch.load(os.path.join(outdir, f"rank{r}.pt"), weights_only=False)
@@ -394,8 +434,13 @@ def _split(t: Tensor, sizes: Sequence[int], rank: int) -> Tensor:
     return t[start:start + sizes[rank]]
 
 
-def _case_steps(layer: nn.Module, case: dict, rank: int | None) -> dict[str, Any]:
-    """Run a parity case on ``layer``: ``steps`` forward/backward passes, record everything."""
+def _case_steps(layer: nn.Module, case: dict, rank: int | None,
+                ranks: Sequence[int] | None = None) -> dict[str, Any]:
+    """Run a parity case on ``layer``: ``steps`` forward/backward passes, record everything.
+
+    ``rank``: this process's slice of the global batch; ``None`` with ``ranks``: the
+    concatenated slices of those ranks; ``None`` alone: the whole global batch.
+    """
     dtype = torch.float64
     shape = (sum(case["sizes"]), *case["shape"])
     w, b = _params(case["seed"], shape[1], dtype)
@@ -407,6 +452,9 @@ def _case_steps(layer: nn.Module, case: dict, rank: int | None) -> dict[str, Any
         x, dy = _global_batch(case["seed"] + 100 * step, shape, dtype)
         if rank is not None:
             x, dy = _split(x, case["sizes"], rank), _split(dy, case["sizes"], rank)
+        elif ranks is not None:
+            x = torch.cat([_split(x, case["sizes"], r) for r in ranks])
+            dy = torch.cat([_split(dy, case["sizes"], r) for r in ranks])
         x = x.clone().requires_grad_(True)
         layer.zero_grad(set_to_none=True)
         y = layer(x)
@@ -419,7 +467,11 @@ def _case_steps(layer: nn.Module, case: dict, rank: int | None) -> dict[str, Any
     out["running_var"] = layer.running_var.clone()
     layer.eval()
     x, _ = _global_batch(case["seed"] + 999, shape, dtype)
-    out["eval"] = layer(_split(x, case["sizes"], rank) if rank is not None else x).detach()
+    if rank is not None:
+        x = _split(x, case["sizes"], rank)
+    elif ranks is not None:
+        x = torch.cat([_split(x, case["sizes"], r) for r in ranks])
+    out["eval"] = layer(x).detach()
     return out
 
 
@@ -427,22 +479,33 @@ def parity_worker(rank: int, world_size: int, cases: Sequence[dict]) -> list[dic
     """Run each parity case with :class:`SyncBatchNorm` on this rank's slice of the batch.
 
     A case is ``{"sizes": local batch sizes, one per rank, "shape": (C, *spatial), "seed",
-    "steps", "momentum"}``. Returns per case the local outputs, input gradients, gamma and
-    beta gradients of every step, the running statistics and an eval-mode output.
+    "steps", "momentum"}`` and optionally ``"groups"``, a partition of the ranks into process
+    groups (``[[0, 1], [2, 3]]``), each synchronizing only within itself. Returns per case
+    the local outputs, input gradients, gamma and beta gradients of every step, the running
+    statistics and an eval-mode output.
     """
     results = []
     for case in cases:
         if len(case["sizes"]) != world_size:
             raise ValueError(f"case {case} has {len(case['sizes'])} sizes for {world_size} ranks")
-        layer = SyncBatchNorm(case["shape"][0], momentum=case["momentum"], dtype=torch.float64)
+        group = None
+        for ranks in case.get("groups", ()):
+            made = dist.new_group(list(ranks))  # every rank must create every group
+            if rank in ranks:
+                group = made
+        layer = SyncBatchNorm(case["shape"][0], momentum=case["momentum"], dtype=torch.float64,
+                              process_group=group)
         results.append(_case_steps(layer, case, rank))
     return results
 
 
-def single_process_reference(case: dict) -> dict[str, Any]:
-    """The same case run by :class:`bncourse.BatchNorm` on the concatenated global batch."""
+def single_process_reference(case: dict, ranks: Sequence[int] | None = None) -> dict[str, Any]:
+    """The same case run by :class:`bncourse.BatchNorm` on the concatenated global batch.
+
+    With ``ranks``, on the concatenation of those ranks' slices only (one process group).
+    """
     layer = BatchNorm(case["shape"][0], momentum=case["momentum"], dtype=torch.float64)
-    return _case_steps(layer, case, None)
+    return _case_steps(layer, case, None, ranks)
 
 
 def error_worker(rank: int, world_size: int) -> dict[str, str]:

@@ -39,14 +39,20 @@ CASES = {
         {"sizes": [1, 2, 1, 2], "shape": (2, 3, 3), "seed": 32, "steps": 2, "momentum": 0.1},
     ],
 }
+# Process groups inside the world of 4: each group normalizes over its own ranks only.
+GROUP_CASE = {"sizes": [2, 1, 3, 1], "shape": (3, 2), "seed": 41, "steps": 2, "momentum": 0.1,
+              "groups": [[0, 2], [1, 3]]}
 DDP = (4, 5, 8)  # steps, seed, global batch
 
 
 @pytest.fixture(scope="module")
 def runs():
-    """One launch per world size: parity cases everywhere, errors at 2 and 3, DDP at 2."""
+    """One launch per world size: parity cases everywhere, errors at 2 and 3, DDP at 2, and
+    process groups at 4."""
     out = {}
     for world, cases in CASES.items():
+        if world == 4:
+            cases = [*cases, GROUP_CASE]
         out[world] = D.launch(
             D.suite_worker, world,
             (cases, world in (2, 3), DDP if world == 2 else None), timeout=90,
@@ -81,6 +87,25 @@ def test_sync_bn_equals_single_process_bn_on_the_concatenated_batch(runs, world)
                 assert gap <= TOL, f"{key} differs by {gap:.3g} ({world} ranks, {case})"
         got = torch.cat([r["parity"][i]["eval"] for r in results])
         assert _gap(got, ref["eval"]) <= TOL
+
+
+def test_sync_bn_on_a_process_group_normalizes_over_that_group_only(runs):
+    index = len(CASES[4])
+    results = runs[4]
+    for ranks in GROUP_CASE["groups"]:
+        ref = D.single_process_reference(GROUP_CASE, ranks)
+        for step in range(GROUP_CASE["steps"]):
+            for key in ("y", "dx"):
+                got = torch.cat([results[r]["parity"][index][key][step] for r in ranks])
+                gap = _gap(got, ref[key][step])
+                assert gap <= TOL, f"{key} of group {ranks} differs by {gap:.3g}"
+            got = sum(results[r]["parity"][index]["dgamma"][step] for r in ranks)
+            assert _gap(got, ref["dgamma"][step]) <= TOL
+        for r in ranks:
+            assert _gap(results[r]["parity"][index]["running_var"], ref["running_var"]) <= TOL
+    # The two groups saw different data, so their statistics differ.
+    assert _gap(results[0]["parity"][index]["running_mean"],
+                results[1]["parity"][index]["running_mean"]) > 1e-3
 
 
 def test_local_gradients_of_gamma_and_beta_differ_between_ranks(runs):
@@ -184,17 +209,18 @@ def test_convert_sync_batchnorm_replaces_every_bn_and_keeps_its_state():
 
 
 def test_a_failing_worker_fails_the_launch_with_its_traceback_and_leaves_no_process():
-    with pytest.raises(Exception) as info:
+    with pytest.raises(D.WorkerError) as info:
         D.launch(D._fail_worker, 2, (1,), timeout=60)
-    assert "worker 1 failed on purpose" in str(info.value)
-    assert "Traceback" in str(info.value)
+    message = str(info.value)
+    assert "RuntimeError: worker 1 failed on purpose" in message
+    assert "Traceback" in message and "--- rank 1 (failed first) ---" in message
     assert multiprocessing.active_children() == []
 
 
 def test_a_launch_that_runs_too_long_is_stopped():
     start = time.monotonic()
     with pytest.raises(TimeoutError, match="did not finish within"):
-        D.launch(D._sleep_worker, 2, (120.0,), timeout=4)
+        D.launch(D._sleep_worker, 2, (120.0,), timeout=3)
     assert time.monotonic() - start < 30
     assert multiprocessing.active_children() == []
 
