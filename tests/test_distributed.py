@@ -182,6 +182,13 @@ def test_values_communicated_per_step_are_those_counted(world_of_one, monkeypatc
     assert D.sync_bytes_per_step([c, c], itemsize=8) == 2 * 4 * c * 8
 
 
+def test_torch_sync_batchnorm_refuses_cpu_training_which_the_chapter_says(world_of_one):
+    # If this starts to pass, the chapter's opening paragraph must change.
+    with pytest.raises(ValueError, match="expected input tensor to be on GPU"):
+        nn.SyncBatchNorm(3)(torch.randn(4, 3))
+    assert D.SyncBatchNorm(3)(torch.randn(4, 3)).shape == (4, 3)
+
+
 def test_sync_bn_in_a_world_of_one_is_batch_norm(world_of_one):
     torch.manual_seed(0)
     x = torch.randn(6, 3, 4, dtype=torch.float64)
@@ -190,6 +197,33 @@ def test_sync_bn_in_a_world_of_one_is_batch_norm(world_of_one):
     assert sync.state_dict().keys() == plain.state_dict().keys()
     assert _gap(sync(x), plain(x)) <= TOL
     assert _gap(sync.running_var, plain.running_var) <= TOL
+
+
+def test_sync_bn_backward_passes_gradcheck_and_options_match_batch_norm(world_of_one):
+    torch.manual_seed(1)
+    x = torch.randn(5, 3, 2, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+
+    def f(x, w, b):
+        return D.SyncBatchNormFunction.apply(x, w, b, 1e-5, None)[0]
+
+    assert torch.autograd.gradcheck(f, (x, w, b), eps=1e-6, atol=1e-8)
+    for options in ({"affine": False}, {"track_running_stats": False},
+                    {"affine": False, "momentum": None}):
+        sync = D.SyncBatchNorm(3, dtype=torch.float64, **options)
+        plain = bncourse.BatchNorm(3, dtype=torch.float64, **options)
+        for module in (sync, plain):
+            module.train()
+        xs = x.detach().clone().requires_grad_(True)
+        xp = x.detach().clone().requires_grad_(True)
+        ys, yp = sync(xs), plain(xp)
+        ys.backward(torch.ones_like(ys) + xs.detach())
+        yp.backward(torch.ones_like(yp) + xp.detach())
+        assert _gap(ys, yp) <= TOL and _gap(xs.grad, xp.grad) <= TOL, options
+        sync.eval()
+        plain.eval()
+        assert _gap(sync(x), plain(x)) <= TOL, options
 
 
 def test_convert_sync_batchnorm_replaces_every_bn_and_keeps_its_state():
