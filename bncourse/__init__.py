@@ -9,6 +9,8 @@ Layers, each using only those above it:
   ``bncourse.networks``, ``bncourse.invariance``, ``bncourse.freezing``,
   ``bncourse.training``, ``bncourse.inference``: analysis helpers, small networks,
   training loops and data.
+* ``bncourse.normalization``: the family of normalizations as a choice of axes, ghost BN.
+* ``bncourse.distributed``: synchronized BN on ``torch.distributed`` and its launcher.
 * ``bncourse.bench``: the benchmark behind ``make bench``.
 * ``bncourse.claims``: glue a computed number into the prose, assert a checked statement.
 * ``bncourse.exercises``: auto-checked exercises and their catalogues of mistakes.
