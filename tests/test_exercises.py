@@ -837,3 +837,38 @@ def test_verdict_html_follows_the_theme_and_hard_codes_no_light_background():
             # Only a translucent tint: the page's own background shows through.
             match = re.fullmatch(r"rgba\(\d+, \d+, \d+, (0?\.\d+)\)", background.strip())
             assert match and float(match.group(1)) <= 0.2, background
+
+
+def test_the_site_export_holds_what_the_page_needs_for_every_exercise():
+    import json
+
+    from bncourse.exercises import site_data
+    from bncourse.exercises.core import MESSAGES, page_answer
+
+    data = json.loads(json.dumps(site_data()))  # JSON as the site stores it
+    assert set(data["exercises"]) == set(EXERCISES)
+    assert data["messages"] == MESSAGES
+    for eid, exported in data["exercises"].items():
+        exercise = EXERCISES[eid]
+        assert exported["kind"] == exercise.kind and exported["hints"] == list(exercise.all_hints)
+        if exercise.kind == "number":
+            assert exported["value"] == exercise.value and exported["roundoff"] == exercise.roundoff
+            assert [m["message"] for m in exported["mistakes"]] == [
+                m.message for m in exercise.mistakes]
+            for m in exported["mistakes"]:  # each exported wrong value is named as Python does
+                assert check(eid, page_answer(repr(m["answer"]), "number")).mistake == m["name"]
+        if exercise.kind == "choice":
+            assert exported["answer"] == exercise.answer
+            assert exported["options"] == exercise.options
+            for m in exported["mistakes"]:
+                assert check(eid, m["answer"]).mistake == m["name"]
+
+
+def test_page_answer_reads_a_field_as_the_page_does():
+    from bncourse.exercises.core import page_answer
+
+    assert page_answer(" 1e-3 ", "number") == 1e-3
+    assert page_answer("-.5", "number") == -0.5
+    for text in ("1/4", "0x10", "1_000", "inf", "nan", "abc", ""):
+        assert page_answer(text, "number") == text
+    assert page_answer("(b)", "choice") == "(b)"
