@@ -47,10 +47,12 @@ How the contract of torch's layer is kept, and why:
   ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` replaces it with torch's SyncBatchNorm
   (sharing its parameters and buffers; from then on torch computes; the course's own
   synchronized layer is ``bncourse.distributed.convert_sync_batchnorm``);
-  ``torch.ao.quantization.fuse_modules`` works on (Conv/Linear, BatchNorm[, ReLU]) because
-  importing this module registers those patterns, each fused through torch's own fuser
-  applied to :func:`to_torch` of the layer (fusing folds BN into the convolution, or hands it
-  to torch's quantization-aware modules, so nothing of this layer is left to run).
+  ``torch.ao.quantization.fuse_modules`` (and ``fuse_modules_qat``) work on
+  (Conv/ConvTranspose/Linear, BatchNorm[, ReLU]) because importing this module registers
+  those patterns, each fused through torch's own fuser applied to :func:`to_torch` of the
+  layer (fusing folds BN into the convolution, or hands it to torch's quantization-aware
+  modules, so nothing of this layer is left to run); (BatchNorm, ReLU), where nothing fixes
+  the number of spatial dimensions, raises a ``TypeError`` that points to :func:`to_torch`.
 * **TorchScript is not supported** in training mode, or whenever batch statistics are used:
   the custom autograd Function is Python, which ``torch.jit.script`` cannot compile and a
   saved ``torch.jit.trace`` cannot hold. ``torch.jit.script`` and tracing such a forward
@@ -246,6 +248,22 @@ def compact_backward(
     """
     dims = _dims(x_hat)
     m = max(_values_per_channel(x_hat), 1)
+    # In place saves a write; under torch.func transforms (vmap has no batching rule for
+    # addcmul_) the out-of-place op is the fast one.
+    in_place = torch.compiler.is_compiling() or not torch._C._are_functorch_transforms_active()
+    if (dx_hat is None and dinv_std is None and dy is not None
+            and x_hat.dtype == inv_std.dtype == dy.dtype):
+        # First order, one dtype: the closed form in the fewest ops.
+        dbeta = dy.sum(dim=dims)
+        dgamma = (dy * x_hat).sum(dim=dims)
+        scale = inv_std if weight is None else inv_std * weight
+        k = scale / m
+        # Two activation-sized writes: dx = -k*dbeta - k*dgamma*x_hat, then dx += scale*dy.
+        dx = torch.addcmul(_per_channel(-dbeta * k, x_hat), x_hat,
+                           _per_channel(-dgamma * k, x_hat))
+        if in_place:
+            return dx.addcmul_(dy, _per_channel(scale, x_hat)), dgamma, dbeta
+        return torch.addcmul(dx, dy, _per_channel(scale, x_hat)), dgamma, dbeta
     out_dtype = x_hat.dtype
     compute = inv_std.dtype
     if x_hat.dtype != compute:
@@ -274,16 +292,15 @@ def compact_backward(
     if coeff is None:
         dx = torch.zeros_like(x_hat)
     else:
-        # Two activation-sized writes in the first-order case: the per-channel terms,
-        # then the direct term scale * dy.
         if shift is None:
             dx = x_hat * _per_channel(coeff, x_hat)
         else:
             dx = torch.addcmul(_per_channel(shift, x_hat), x_hat, _per_channel(coeff, x_hat))
+    addcmul = torch.Tensor.addcmul_ if in_place else torch.addcmul
     if dy is not None:
-        dx = dx.addcmul_(dy, _per_channel(scale, x_hat))
+        dx = addcmul(dx, dy, _per_channel(scale, x_hat))
     if dx_hat is not None:
-        dx = dx.addcmul_(dx_hat, _per_channel(inv_std, x_hat))
+        dx = addcmul(dx, dx_hat, _per_channel(inv_std, x_hat))
     if dx.dtype != out_dtype:
         dx = dx.to(out_dtype)
     return dx, dgamma, dbeta
@@ -344,52 +361,86 @@ def _update_running(
         running.copy_(running.to(batch.dtype).mul_(1.0 - momentum).add_(batch, alpha=momentum))
 
 
+def _core_forward(x, weight, bias, eps, running_mean=None, running_var=None, momentum=0.0):
+    y, x_hat, mean, var, inv_std = compact_forward(x, weight, bias, eps)
+    m = _values_per_channel(x)
+    if running_mean is not None and running_var is not None and m > 0:
+        _update_running(running_mean, mean, momentum)
+        _update_running(running_var, var * (m / (m - 1)), momentum)
+    return y, mean, var, x_hat, inv_std
+
+
+def _core_setup_context(ctx, inputs, output) -> None:
+    weight = inputs[1]
+    _, mean, var, x_hat, inv_std = output
+    ctx.save_for_backward(x_hat, inv_std, weight)
+    ctx.save_for_forward(x_hat, inv_std, weight)
+    ctx.mark_non_differentiable(mean, var)
+    ctx.set_materialize_grads(False)
+    ctx.bias_dtype = None if inputs[2] is None else inputs[2].dtype
+
+
+def _core_backward(ctx, dy, _dmean, _dvar, dx_hat, dinv_std):
+    x_hat, inv_std, weight = ctx.saved_tensors
+    if dy is None and dx_hat is None and dinv_std is None:
+        return None, None, None, None, None, None, None
+    dx, dgamma, dbeta = compact_backward(dy, x_hat, inv_std, weight, dx_hat, dinv_std)
+    if dgamma is not None and weight is not None:
+        dgamma = dgamma.to(weight.dtype)
+    if dbeta is not None and ctx.bias_dtype is not None:
+        dbeta = dbeta.to(ctx.bias_dtype)
+    return (
+        dx if ctx.needs_input_grad[0] else None,
+        dgamma if ctx.needs_input_grad[1] else None,
+        dbeta if ctx.needs_input_grad[2] else None,
+        None, None, None, None,
+    )
+
+
+def _core_jvp(ctx, tx, tw, tb, *_):
+    x_hat, inv_std, weight = ctx.saved_tensors
+    ty, t_hat, t_inv = _jvp_formula(tx, tw, tb, x_hat, inv_std, weight, x_hat.dtype)
+    return ty, None, None, t_hat, t_inv
+
+
 class _BatchNormCore(torch.autograd.Function):
-    """The Function itself: outputs ``(y, mean, var, x_hat, inv_std)``; see BatchNormFunction."""
+    """The Function: outputs ``(y, mean, var, x_hat, inv_std)``; see :class:`BatchNormFunction`.
+
+    ``setup_context`` style with ``generate_vmap_rule``, as ``torch.func`` and
+    ``torch.compile`` require.
+    """
 
     generate_vmap_rule = True
+    forward = staticmethod(_core_forward)
+    setup_context = staticmethod(_core_setup_context)
+    backward = staticmethod(_core_backward)
+    jvp = staticmethod(_core_jvp)
+
+
+class _BatchNormCoreEager(torch.autograd.Function):
+    """The same Function with ``ctx`` in ``forward``, for plain eager calls.
+
+    Identical maths; it exists because ``Function.apply`` binds the forward's signature with
+    ``inspect`` on every call when ``setup_context`` is defined, which costs tens of
+    microseconds a step.
+    """
 
     @staticmethod
-    def forward(x, weight, bias, eps, running_mean=None, running_var=None, momentum=0.0):  # type: ignore[override]
-        y, x_hat, mean, var, inv_std = compact_forward(x, weight, bias, eps)
-        m = _values_per_channel(x)
-        if running_mean is not None and running_var is not None and m > 0:
-            _update_running(running_mean, mean, momentum)
-            _update_running(running_var, var * (m / (m - 1)), momentum)
-        return y, mean, var, x_hat, inv_std
+    def forward(ctx, *args):  # type: ignore[override]
+        out = _core_forward(*args)
+        _core_setup_context(ctx, args, out)
+        return out
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):  # type: ignore[override]
-        weight = inputs[1]
-        _, mean, var, x_hat, inv_std = output
-        ctx.save_for_backward(x_hat, inv_std, weight)
-        ctx.save_for_forward(x_hat, inv_std, weight)
-        ctx.mark_non_differentiable(mean, var)
-        ctx.set_materialize_grads(False)
-        ctx.bias_dtype = None if inputs[2] is None else inputs[2].dtype
+    backward = staticmethod(_core_backward)
+    jvp = staticmethod(_core_jvp)
 
-    @staticmethod
-    def backward(ctx, dy, _dmean, _dvar, dx_hat, dinv_std):  # type: ignore[override]
-        x_hat, inv_std, weight = ctx.saved_tensors
-        if dy is None and dx_hat is None and dinv_std is None:
-            return None, None, None, None, None, None, None
-        dx, dgamma, dbeta = compact_backward(dy, x_hat, inv_std, weight, dx_hat, dinv_std)
-        if dgamma is not None and weight is not None:
-            dgamma = dgamma.to(weight.dtype)
-        if dbeta is not None and ctx.bias_dtype is not None:
-            dbeta = dbeta.to(ctx.bias_dtype)
-        return (
-            dx if ctx.needs_input_grad[0] else None,
-            dgamma if ctx.needs_input_grad[1] else None,
-            dbeta if ctx.needs_input_grad[2] else None,
-            None, None, None, None,
-        )
 
-    @staticmethod
-    def jvp(ctx, tx, tw, tb, *_):  # type: ignore[override]
-        x_hat, inv_std, weight = ctx.saved_tensors
-        ty, t_hat, t_inv = _jvp_formula(tx, tw, tb, x_hat, inv_std, weight, x_hat.dtype)
-        return ty, None, None, t_hat, t_inv
+def _core_apply(*args):
+    """Apply the Function: the ``torch.func``/compile-ready class when a transform or the
+    compiler is active, the leaner one otherwise (both compute the same)."""
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return _BatchNormCore.apply(*args)
+    return _BatchNormCoreEager.apply(*args)
 
 
 class BatchNormFunction(_BatchNormCore):
@@ -410,13 +461,43 @@ class BatchNormFunction(_BatchNormCore):
     """
 
     @classmethod
-    def apply(cls, *args, **kwargs):  # type: ignore[override]
-        y, mean, var, _, _ = _BatchNormCore.apply(*args, **kwargs)
+    def apply(cls, x, weight, bias, eps, running_mean=None, running_var=None,  # type: ignore[override]
+              momentum=0.0):
+        y, mean, var, _, _ = _core_apply(x, weight, bias, eps, running_mean, running_var,
+                                         momentum)
         return y, mean, var
 
 
 def _batch_norm_train(x, weight, bias, eps, running_mean=None, running_var=None, momentum=0.0):
-    return _BatchNormCore.apply(x, weight, bias, eps, running_mean, running_var, momentum)[0]
+    return _core_apply(x, weight, bias, eps, running_mean, running_var, momentum)[0]
+
+
+class _FirstOrderFunction(torch.autograd.Function):
+    """What :func:`compiled_batch_norm` compiles: forward and compact backward, first order.
+
+    The double-backward machinery of :class:`BatchNormFunction` (``x_hat`` and ``inv_std``
+    as outputs) would make the compiled graph write and read them as outputs; the
+    benchmark path keeps the plain closed form, and a second backward through it raises.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):  # type: ignore[override]
+        y, x_hat, mean, var, inv_std = compact_forward(x, weight, bias, eps)
+        ctx.save_for_backward(x_hat, inv_std, weight)
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy, _dmean, _dvar):  # type: ignore[override]
+        x_hat, inv_std, weight = ctx.saved_tensors
+        dx, dgamma, dbeta = compact_backward(dy, x_hat, inv_std, weight)
+        return (
+            dx if ctx.needs_input_grad[0] else None,
+            dgamma if ctx.needs_input_grad[1] else None,
+            dbeta if ctx.needs_input_grad[2] else None,
+            None,
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -433,16 +514,17 @@ _COMPILED_KEYS: set = set()
 
 
 def _compiled_target(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
-    return _BatchNormCore.apply(x, weight, bias, eps)[0]
+    return _FirstOrderFunction.apply(x, weight, bias, eps)[0]
 
 
 def compiled_batch_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
-    """Training-mode BN: :class:`BatchNormFunction` compiled whole by ``torch.compile``.
+    """Training-mode BN: the compact forward and backward compiled whole by ``torch.compile``.
 
     Opt-in (compiling needs a C++ compiler and takes seconds per shape); the benchmark uses
-    it to show what fusing the closed form buys. One compiled entry covers the Function, so
-    its forward and its analytic backward each become one fused kernel. Running statistics
-    are not updated.
+    it to show what fusing the closed form buys. One compiled entry covers a first-order
+    autograd Function with :func:`compact_forward` and :func:`compact_backward`, so its
+    forward and its analytic backward each become one fused kernel. Running statistics are
+    not updated, and the backward cannot be differentiated again (use the layer for that).
 
     Any number of shapes: the first shape of a kind is compiled static, and when a second
     shape arrives Dynamo recompiles with the changed sizes symbolic (automatic dynamic
@@ -650,8 +732,21 @@ def _fuse_through_torch(torch_fuser, spatial_dims: int):
     return fuse
 
 
+def _fuse_needs_dims(is_qat, *modules):
+    raise TypeError(
+        "fusing bncourse.BatchNorm with the module after it needs torch's BatchNorm2d or "
+        "BatchNorm3d, which fix the number of spatial dimensions that this layer leaves "
+        "open: convert it first with bncourse.layer.to_torch(layer, spatial_dims)"
+    )
+
+
 def _register_fusion_patterns() -> None:
-    """Register (…, bncourse.BatchNorm, …) beside each of torch's (…, BatchNormNd, …) patterns."""
+    """Register (…, bncourse.BatchNorm, …) beside each of torch's (…, BatchNormNd, …) patterns.
+
+    Where a convolution or linear layer comes first, it fixes the dimensions and the pattern
+    is fused through torch's fuser; (BatchNorm, ReLU) leaves them open and is refused with a
+    message (torch's own error would not say what to do).
+    """
     try:
         from torch.ao.quantization import fuser_method_mappings
         table = fuser_method_mappings._DEFAULT_OP_LIST_TO_FUSER_METHOD
@@ -662,7 +757,11 @@ def _register_fusion_patterns() -> None:
         if len(bns) != 1:
             continue
         ours = tuple(BatchNorm if t is bns[0] else t for t in pattern)
-        if ours not in table:
+        if ours in table:
+            continue
+        if pattern[0] in _TORCH_BN_SPATIAL:
+            table[ours] = _fuse_needs_dims
+        else:
             table[ours] = _fuse_through_torch(fuser, _TORCH_BN_SPATIAL[bns[0]])
 
 

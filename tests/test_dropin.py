@@ -213,7 +213,7 @@ def test_reduced_precision_matches_torch(dtype, param_dtype, shape, seed):
     dy64 = dy.double()
     var = x64.detach().var(dim=dims, correction=0, keepdim=True) + ours.eps
     x_hat = (x64.detach() - x64.detach().mean(dim=dims, keepdim=True)) / var.sqrt()
-    w_max = float(ours.weight.double().abs().max())
+    w_max = float(ours.weight.detach().double().abs().max())
     checks = [
         ("output", ya, yb, yr, 2, float(yr.detach().abs().max())),
         ("input gradient", xs[0].grad, xs[1].grad, x64.grad, 16,
@@ -250,7 +250,7 @@ def test_float16_statistics_do_not_overflow():
     layer = bncourse.BatchNorm(1, dtype=torch.float16)
     y = layer(x)
     assert torch.isfinite(layer.running_var).all(), layer.running_var
-    assert float(y.float().std()) > 0.5, f"the output collapsed to beta: {y.flatten()}"
+    assert float(y.detach().float().std()) > 0.5, f"the output collapsed to beta: {y.flatten()}"
 
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
@@ -579,6 +579,18 @@ def test_fuse_modules_fuses_conv_and_our_layer(training):
     assert isinstance(fused_ours[1], nn.Identity)
     _same("fused output", fused_ours(x), fused_theirs(x), 1e-5)
     _same("fused vs unfused", fused_ours(x), expected, 1e-5)
+
+
+def test_fuse_modules_refuses_bn_relu_and_says_what_to_do():
+    from torch.ao.quantization import fuse_modules
+
+    net = nn.Sequential(bncourse.BatchNorm(3), nn.ReLU()).eval()
+    with pytest.raises(TypeError, match=r"to_torch\(layer, spatial_dims\)"):
+        fuse_modules(net, [["0", "1"]])
+    net[0] = L.to_torch(net[0], 2)
+    fused = fuse_modules(net, [["0", "1"]])
+    x = torch.randn(2, 3, 2, 2)
+    _same("fused BN + ReLU after to_torch", fused(x), net(x), 1e-6)
 
 
 def test_to_torch_shares_tensors_and_matches():
