@@ -50,6 +50,14 @@ LAUNCH_KEYS = ("binderhub_url", "jupyterhub_url", "colab_url", "deepnote_url", "
 STATIC = Path(__file__).resolve().parent.parent / "_static"
 NUMBERS_FILE = "course-numbers.json"
 _VIEWPORT = re.compile(r"\s*<meta\s+name=\"viewport\"[^>]*>")
+# Sphinx's search tools and the whole search index, which the theme loads on every page for
+# a search-as-you-type box this site does not use (its search is the search page).
+_SEARCH_TOOLS = re.compile(
+    r"\s*<script\b[^>]*src=\"[^\"]*(?:searchtools\.js|language_data\.js|searchindex\.js)"
+    r"[^\"]*\"[^>]*></script>")
+# sphinx-design's styles and tab script, on pages that use none of its components.
+_DESIGN = re.compile(r"\s*<(?:link\b[^>]*sphinx-design\.min\.css[^>]*>|"
+                     r"script\b[^>]*design-tabs\.js[^>]*></script>)")
 _FONTAWESOME = re.compile(r"\s*<script\b[^>]*src=\"[^\"]*fontawesome\.js[^\"]*\"[^>]*></script>")
 
 
@@ -206,12 +214,23 @@ def _copy_mathjax(app: Sphinx) -> None:
 
 
 def _trim_pages(app: Sphinx, exception: Exception | None) -> None:
-    """One viewport meta tag per page, and no Font Awesome script (the CSS font draws icons)."""
+    """Drop from every page what the site does not use, and duplicate viewport tags.
+
+    Font Awesome's script goes (the theme's stylesheet draws the icons with the web font);
+    the search tools and index go from every page but the search page; sphinx-design's files
+    go from pages without a sphinx-design component.
+    """
     if exception is not None or app.builder.format != "html":
         return
-    for page in Path(app.outdir).rglob("*.html"):
+    outdir = Path(app.outdir)
+    for page in outdir.rglob("*.html"):
         html = page.read_text(encoding="utf-8")
         trimmed = _FONTAWESOME.sub("", html)
+        if page.relative_to(outdir).as_posix() != "search.html":
+            trimmed = _SEARCH_TOOLS.sub("", trimmed)
+        body = trimmed.split("<body", 1)[-1]
+        if 'class="sd-' not in body and " sd-" not in body:
+            trimmed = _DESIGN.sub("", trimmed)
         tags = list(_VIEWPORT.finditer(trimmed))
         for tag in reversed(tags[1:]):  # keep the first viewport tag, drop the others
             trimmed = trimmed[: tag.start()] + trimmed[tag.end():]
