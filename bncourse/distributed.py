@@ -47,7 +47,16 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 
-from .layer import BatchNorm, _check_channels, _check_input, _per_channel, batch_norm
+from .layer import (
+    BatchNorm,
+    _check_channels,
+    _check_dtypes,
+    _check_input,
+    _compute_dtype,
+    _no_autocast,
+    _per_channel,
+    batch_norm,
+)
 
 __all__ = [
     "merge_moments",
@@ -171,7 +180,10 @@ class SyncBatchNormFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, eps, group):  # type: ignore[override]
         world = dist.get_world_size(group)
         c = x.shape[1]
-        n_local, mean_local, m2_local = local_moments(x)
+        # float16/bfloat16 inputs: statistics, x_hat and sums in float32, as in BatchNorm.
+        compute = _compute_dtype(x.dtype)
+        xc = x.to(compute)
+        n_local, mean_local, m2_local = local_moments(xc)
         meta = torch.tensor([c, n_local], dtype=torch.int64)
         metas = [torch.empty_like(meta) for _ in range(world)]
         dist.all_gather(metas, meta, group=group)
@@ -195,35 +207,38 @@ class SyncBatchNormFunction(torch.autograd.Function):
         _, mean, m2 = merge_all([(k, g[0], g[1]) for k, g in zip(counts, gathered, strict=True)])
         var = m2 / n
         inv_std = torch.rsqrt(var + eps)
-        x_hat = (x - _per_channel(mean, x)) * _per_channel(inv_std, x)
+        x_hat = (xc - _per_channel(mean, xc)) * _per_channel(inv_std, xc)
         y = x_hat
         if weight is not None:
-            y = y * _per_channel(weight, x)
+            y = y * _per_channel(weight.to(compute), xc)
         if bias is not None:
-            y = y + _per_channel(bias, x)
+            y = y + _per_channel(bias.to(compute), xc)
         ctx.save_for_backward(x_hat, inv_std, weight)
         ctx.n = n
         ctx.group = group
+        ctx.x_dtype = x.dtype
         count = torch.tensor(n, dtype=torch.int64)
         ctx.mark_non_differentiable(mean, var, count)
-        return y, mean, var, count
+        return y.to(x.dtype), mean, var, count
 
     @staticmethod
     def backward(ctx, dy, _dmean, _dvar, _dcount):  # type: ignore[override]
         x_hat, inv_std, weight = ctx.saved_tensors
+        dy = dy.to(x_hat.dtype)
         dims = [0, *range(2, x_hat.dim())]
         dbeta = dy.sum(dim=dims)
         dgamma = (dy * x_hat).sum(dim=dims)
         sums = torch.stack([dbeta, dgamma])
         dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=ctx.group)
-        scale = inv_std if weight is None else inv_std * weight
+        scale = inv_std if weight is None else inv_std * weight.to(inv_std.dtype)
         k = scale / ctx.n
         dx = (dy * _per_channel(scale, dy) - _per_channel(k * sums[0], dy)
               - x_hat * _per_channel(k * sums[1], dy))
+        param_dtype = weight.dtype if weight is not None else x_hat.dtype
         return (
-            dx if ctx.needs_input_grad[0] else None,
-            dgamma if ctx.needs_input_grad[1] else None,
-            dbeta if ctx.needs_input_grad[2] else None,
+            dx.to(ctx.x_dtype) if ctx.needs_input_grad[0] else None,
+            dgamma.to(param_dtype) if ctx.needs_input_grad[1] else None,
+            dbeta.to(param_dtype) if ctx.needs_input_grad[2] else None,
             None,
             None,
         )
@@ -237,6 +252,9 @@ class SyncBatchNorm(BatchNorm):
     the running variance stores the global unbiased variance ``M2 / (n - 1)``. A process
     may hold an empty local batch as long as the global batch has 2 values per channel. In
     eval mode nothing is communicated: the running statistics normalize, as in BN.
+    float16/bfloat16 inputs are normalized with float32 statistics and returned in their own
+    dtype; parameters and buffers follow torch's dtype rule (the input's dtype, or float32
+    under a reduced-precision input).
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
@@ -250,13 +268,16 @@ class SyncBatchNorm(BatchNorm):
     def forward(self, x: Tensor) -> Tensor:
         _check_input(x)
         _check_channels(x, self.num_features)
+        _check_dtypes(x, weight=self.weight, bias=self.bias, running_mean=self.running_mean,
+                      running_var=self.running_var)
         use_batch_stats = self.training or self.running_mean is None
         if not use_batch_stats:
             return batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                               training=False, eps=self.eps)
         _require_group(self.process_group)
-        y, mean, var, count = SyncBatchNormFunction.apply(
-            x, self.weight, self.bias, self.eps, self.process_group)
+        with _no_autocast(x):
+            y, mean, var, count = SyncBatchNormFunction.apply(
+                x, self.weight, self.bias, self.eps, self.process_group)
         if self.training and self.track_running_stats:
             self.num_batches_tracked.add_(1)
             if self.momentum is None:
@@ -265,8 +286,9 @@ class SyncBatchNorm(BatchNorm):
                 factor = float(self.momentum)
             n = int(count)
             with torch.no_grad():
-                self.running_mean.mul_(1.0 - factor).add_(mean, alpha=factor)
-                self.running_var.mul_(1.0 - factor).add_(var * (n / (n - 1)), alpha=factor)
+                rm, rv = self.running_mean, self.running_var
+                rm.mul_(1.0 - factor).add_(mean.to(rm.dtype), alpha=factor)
+                rv.mul_(1.0 - factor).add_((var * (n / (n - 1))).to(rv.dtype), alpha=factor)
         return y
 
 

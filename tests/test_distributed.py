@@ -226,6 +226,34 @@ def test_sync_bn_backward_passes_gradcheck_and_options_match_batch_norm(world_of
         assert _gap(sync(x), plain(x)) <= TOL, options
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("param_dtype", ["same", "float32"])
+def test_reduced_precision_inputs_use_float32_statistics_like_batch_norm(world_of_one, dtype,
+                                                                       param_dtype):
+    torch.manual_seed(2)
+    x = (torch.randn(16, 3, 4) * 3 + 100).to(dtype)
+    pd = dtype if param_dtype == "same" else torch.float32
+    sync, plain = D.SyncBatchNorm(3, dtype=pd), bncourse.BatchNorm(3, dtype=pd)
+    xs, xp = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ys, yp = sync(xs), plain(xp)
+    assert ys.dtype == yp.dtype == dtype
+    dy = torch.randn(x.shape).to(dtype)
+    ys.backward(dy)
+    yp.backward(dy)
+    assert xs.grad.dtype == dtype and sync.weight.grad.dtype == pd
+    # Both compute in float32 and round once: they agree to a unit in the last place.
+    tol = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+    for a, b in ((ys, yp), (xs.grad, xp.grad), (sync.running_var, plain.running_var)):
+        assert _gap(a.float(), b.float()) <= tol * max(1.0, float(b.detach().float().abs().max()))
+    # The statistics are not computed in half: the offset of 100 would leave no digit.
+    assert abs(float(sync.running_mean.float().mean()) - 10.0) < 0.5
+
+
+def test_a_dtype_mismatch_between_input_and_layer_is_a_clear_error(world_of_one):
+    with pytest.raises(TypeError, match="dtype"):
+        D.SyncBatchNorm(3)(torch.randn(4, 3, dtype=torch.float64))
+
+
 def test_convert_sync_batchnorm_replaces_every_bn_and_keeps_its_state():
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Sequential(bncourse.BatchNorm(4)))
     model[1].running_mean.fill_(2.0)
