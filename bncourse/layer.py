@@ -18,9 +18,13 @@ How the contract of torch's layer is kept, and why:
   ``create_graph=True`` autograd records it, and a second backward reaches ``x`` through
   the saved outputs, which lead back to this Function with gradients for ``x_hat`` and
   ``inv_std`` (the backward accepts those too). So double backward, Hessians and gradient
-  penalties are exact, and first-order training saves and computes what it did before.
-  Forward-mode AD has its own ``jvp``; ``generate_vmap_rule`` and ``setup_context`` make the
-  Function work under ``torch.func`` (``vmap`` over ensembles, ``jacrev``, ``jvp``, ``hessian``).
+  penalties are exact, and first-order training saves and computes what it did before (a
+  fast path in :func:`compact_backward` runs the closed form when nothing else arrives).
+  Forward-mode AD has its own ``jvp``. Under ``torch.func`` (``vmap`` over ensembles,
+  ``jacrev``, ``jvp``, ``hessian``) and ``torch.compile`` the Function is applied in its
+  ``setup_context`` form with ``generate_vmap_rule``; plain eager calls use the same static
+  methods with ``ctx`` in ``forward``, which ``Function.apply`` calls without binding the
+  signature each time (tens of microseconds a step).
 * **Reduced precision.** float16/bfloat16 inputs are normalized with statistics accumulated
   in float32 (``mean``, ``var``, ``inv_std`` are float32); ``y``, ``x_hat`` and the input
   gradient are in the input's dtype. Parameters and buffers must have the input's dtype,
@@ -53,19 +57,34 @@ How the contract of torch's layer is kept, and why:
   layer (fusing folds BN into the convolution, or hands it to torch's quantization-aware
   modules, so nothing of this layer is left to run); (BatchNorm, ReLU), where nothing fixes
   the number of spatial dimensions, raises a ``TypeError`` that points to :func:`to_torch`.
-* **TorchScript is not supported** in training mode, or whenever batch statistics are used:
-  the custom autograd Function is Python, which ``torch.jit.script`` cannot compile and a
-  saved ``torch.jit.trace`` cannot hold. ``torch.jit.script`` and tracing such a forward
-  raise a ``TypeError`` that says so and points to :func:`to_torch` (torch's layer, same
-  state) or ``torch.compile``. Tracing an eval-mode layer with running statistics works: that
-  path is plain tensor ops.
+* **TorchScript is not supported**: the training-mode forward is a custom autograd Function
+  written in Python, which ``torch.jit.script`` cannot compile and a saved
+  ``torch.jit.trace`` cannot hold. ``torch.jit.script`` (of the layer or of a model holding
+  it) raises a ``TypeError`` that says so and points to :func:`to_torch` (torch's layer,
+  same state) or ``torch.compile``; so does ``torch.jit.trace`` of a forward that uses batch
+  statistics. Tracing an eval-mode layer with running statistics works (plain tensor ops),
+  and the trace can be saved and loaded.
+* **The compiled path** (:func:`compiled_batch_norm`, for the benchmark) compiles for any
+  number of shapes: automatic dynamic shapes make one graph serve every shape of a kind, and
+  Dynamo's recompile limit is raised to :data:`COMPILE_RECOMPILE_LIMIT` variants, past which
+  it raises instead of silently falling back to eager.
 
-Deliberate differences from torch's layer: one class for 2D to 5D inputs (torch checks the
-dimension per class, ours accepts any input with at least 2); ``num_features`` must be
-positive; ``momentum`` outside [0, 1] and a negative ``eps`` are refused; bad input raises a
-``ValueError`` where torch raises a ``RuntimeError``; for float16/bfloat16 inputs ``x_hat``
-is saved in the input's dtype (torch saves the input), so their input gradients differ from
-torch's by a rounding of that dtype.
+Deliberate differences from torch's layer:
+
+* one class for 2D to 5D inputs (torch checks the dimension per class; ours accepts any
+  input with at least 2 dimensions);
+* ``num_features`` must be positive, ``momentum`` in [0, 1] or ``None``, ``eps`` >= 0;
+* bad input raises a ``ValueError`` where torch raises a ``RuntimeError`` (a dtype mismatch
+  raises :class:`DtypeMismatchError`, both at once);
+* for float16/bfloat16 inputs ``x_hat`` is saved in the input's dtype (torch saves the
+  input), so their gradients differ from torch's by a few roundings of that dtype;
+* float16/bfloat16 layers (parameters in the low dtype too) normalize in float32 throughout;
+  torch's CPU kernel folds ``gamma/sigma`` and ``beta - mean*gamma/sigma`` in the low dtype,
+  which loses every digit when ``|mean| >> sigma`` (errors of order 1 for inputs of mean
+  1000 and spread 400), so there the two differ by more than a rounding and ours is the one
+  near the float64 result;
+* TorchScript is not supported (above), and ``convert_sync_batchnorm`` hands the layer's
+  state to torch's SyncBatchNorm rather than keeping this layer.
 
 The formulas also exist here as plain tensor functions: :func:`compact_forward` and
 :func:`compact_backward` (what the Function runs, and what the compiled path compiles),

@@ -642,6 +642,26 @@ def test_jit_trace_refuses_training_mode_and_saves_eval_mode():
 # ---------------------------------------------------------------------------------------
 
 
+def test_torch_compile_of_a_model_with_our_layer_trains_like_torch():
+    torch.manual_seed(0)
+    theirs = _conv_net(nn.BatchNorm2d(4)).double()
+    ours = _conv_net(bncourse.BatchNorm(4)).double()
+    ours.load_state_dict(theirs.state_dict())
+    compiled = torch.compile(ours, backend="aot_eager")
+    for step in range(2):
+        x = torch.randn(3, 2, 5, 5, dtype=F64)
+        ya, yb = compiled(x), theirs(x)
+        ya.sum().backward()
+        yb.sum().backward()
+        _same(f"compiled output at step {step}", ya, yb)
+    for (name, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items(),
+                                 strict=True):
+        _same(f"{name} after two compiled steps", a, b)
+    for (name, a), (_, b) in zip(ours.named_parameters(), theirs.named_parameters(),
+                                 strict=True):
+        _same(f"gradient of {name}", a.grad, b.grad)
+
+
 class _CountingBackend:
     """A torch.compile backend that runs Dynamo's graph eagerly and counts its runs."""
 
