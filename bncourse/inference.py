@@ -17,8 +17,9 @@ $$
 (``fold_batch_norm``), whatever the convolution's groups, since BN scales output channels
 only. A BN *before* a linear layer folds into its input side, $W' = W\\,\\mathrm{diag}(a)$,
 $c' = c + W b$ (``fold_batch_norm_before``); for a convolution this is exact only without
-zero padding, since the padded zeros would have to become $b$. Nothing folds across a
-nonlinearity: $\\mathrm{ReLU}(a x + b)$ is not $a'\\,\\mathrm{ReLU}(x) + b'$.
+zero padding, since after folding the zero border would act as $b$. A BN as a whole does
+not fold across a nonlinearity: a positive scale passes a ReLU
+($a\\,\\mathrm{ReLU}(z) = \\mathrm{ReLU}(a z)$ for $a > 0$), a shift or a negative scale does not.
 
 Every function takes torch's ``BatchNorm1d/2d/3d`` and ``bncourse.BatchNorm`` alike, refuses
 a layer in training mode or without running statistics, and never modifies its arguments.
@@ -44,6 +45,7 @@ __all__ = [
     "train_digits_model",
     "train_eval_gap",
     "GapResult",
+    "remove_warm_up",
     "fold_benchmark",
 ]
 
@@ -131,8 +133,10 @@ def fold_batch_norm(layer: nn.Module, bn: nn.Module) -> nn.Module:
 def fold_batch_norm_before(bn: nn.Module, layer: nn.Module) -> nn.Module:
     """A new layer equal to ``layer(bn(x))`` in eval mode: $W' = W\\mathrm{diag}(a)$, $c' = c + Wb$.
 
-    ``layer`` is a ``Linear``, or a ``Conv1d/2d/3d`` without padding (zero padding would
-    have to be padding by $b$ after folding, so it is refused with a ``ValueError``).
+    ``layer`` is a ``Linear``, or a ``Conv1d/2d/3d`` without zero padding: after folding, a
+    zero-padded border would act as $b$ where the original saw 0, so that is refused with a
+    ``ValueError``. Replicate, reflect and circular padding copy values of the input, which
+    commutes with a per-channel affine map, so those fold exactly.
     """
     _check_layer(layer, "the layer after the BN")
     _check_bn(bn)
@@ -140,9 +144,12 @@ def fold_batch_norm_before(bn: nn.Module, layer: nn.Module) -> nn.Module:
     if bn.num_features != in_features:
         raise ValueError(f"the BatchNorm has {bn.num_features} channels but the "
                          f"{type(layer).__name__} takes {in_features} inputs")
-    if isinstance(layer, _CONVS) and any(p != 0 for p in _padding(layer)):
-        raise ValueError("a BN before a padded convolution cannot be folded exactly: the "
-                         "padded zeros would have to be replaced by the BN's shift b")
+    if (isinstance(layer, _CONVS) and layer.padding_mode == "zeros"
+            and any(p != 0 for p in _padding(layer))):
+        raise ValueError("a BN before a zero-padded convolution cannot be folded exactly: "
+                         "after folding, the padded border would act as the BN's shift b "
+                         "where the original saw 0 (replicate, reflect and circular padding "
+                         "fold exactly)")
     a, b = eval_affine(bn)
     new = _with_bias(layer)
     with torch.no_grad():
@@ -266,25 +273,35 @@ def reestimate_running_stats(model: nn.Module, batches: Iterable[Tensor]) -> nn.
 
 def float32_fold_error(
     offset: float = 0.0, log10_spread: float = 0.0, fold_in_float64: bool = False,
-    channels: int = 32, seed: int = 0,
-) -> tuple[float, float]:
+    channels: int = 32, seed: int = 0, where: str = "bias",
+) -> tuple[float, float, float]:
     """The float32 error of a ``Conv2d -> BN`` pair, folded and unfolded, in eval mode.
 
-    A ``Conv2d(16, channels, 3)`` whose outputs sit at ``offset`` (added to its bias) is
-    followed by a BN with the exact statistics of those outputs and a per-channel scale
+    The outputs of a ``Conv2d(16, channels, 3)`` (no padding) sit at ``offset``: added to
+    its bias (``where="bias"``), or coming from inputs shifted by ``offset`` through filters
+    scaled so that their sums are 1 (``where="input"``). A BN follows, with the exact
+    statistics of those outputs and a per-channel scale
     ``a`` drawn log-uniformly from $[10^{-s}, 10^{s}]$, ``s = log10_spread``. The reference
     is the float64 evaluation of the float32 parameters; the error of each float32 model is
     the largest over channels of ``max|y - y_ref| / max|y_ref|`` within the channel. The
     fold is computed in float32, or in float64 and then rounded (``fold_in_float64``).
-    Returns ``(folded error, unfolded error)``.
+    Returns ``(folded error, unfolded error, offset)``, the last being the median over
+    channels of $|\\mathrm{mean}| / \\mathrm{std}$ of the convolution's outputs.
     """
+    if where not in ("bias", "input"):
+        raise ValueError(f"where must be 'bias' or 'input', got {where!r}")
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    conv = nn.Conv2d(16, channels, 3, padding=1, dtype=torch.float64)
+    conv = nn.Conv2d(16, channels, 3, dtype=torch.float64)
     x = torch.randn(8, 16, 8, 8, generator=g, dtype=torch.float64)
     bn = nn.BatchNorm2d(channels, dtype=torch.float64)
     with torch.no_grad():
-        conv.bias.add_(offset)
+        if where == "bias":
+            conv.bias.add_(offset)
+        else:
+            # filters whose weights sum to 1, so that the offset passes through unchanged
+            conv.weight.add_((1 - conv.weight.sum(dim=(1, 2, 3), keepdim=True)) / 144)
+            x = x + offset
         z = conv(x)
         var, mean = torch.var_mean(z, dim=(0, 2, 3))
         a = 10 ** ((torch.rand(channels, generator=g, dtype=torch.float64) * 2 - 1)
@@ -307,19 +324,40 @@ def float32_fold_error(
         for y in (folded(x32), bn32(conv32(x32))):
             scale = ref.abs().amax(dim=(0, 2, 3))
             errors.append(float(((y.double() - ref).abs().amax(dim=(0, 2, 3)) / scale).max()))
-    return errors[0], errors[1]
+    return errors[0], errors[1], float((mean.abs() / var.sqrt()).median())
 
 
 @dataclass
 class GapResult:
-    """Accuracies (in %) of one trained digits model, evaluated three ways."""
+    """Accuracies (in %) of one trained digits model evaluated several ways, and its lag."""
 
     train_mode: float  # batch statistics of test batches of the training batch size
     running: float  # eval mode, the running statistics left by training
+    running_warmed: float  # the same with the moving average's start values divided out
     precise: float  # eval mode, after re-estimating the statistics on training batches
     precise_biased: float  # the same with the biased (divide-by-m) variance stored, as Keras does
-    mean_gap: float  # max over layers and channels of |running - population| / population std
-    var_ratio: float  # max over layers and channels of running_var / population var (or inverse)
+    lag_mean: float  # mean over channels of |running mean - population mean| / population std
+    lag_max: float  # the largest such distance over the channels of every BN layer
+
+
+def remove_warm_up(layer: nn.Module) -> None:
+    """Divide the start values out of a BN layer's running statistics, in place.
+
+    After $k$ updates with momentum $\alpha$ from the start values 0 and 1, the running
+    mean carries weight $(1-\alpha)^k$ on 0 and the running variance on 1; the remaining
+    weights sum to $1 - (1-\alpha)^k$. This returns the weighted average of the batch
+    statistics alone (as Adam's bias correction does for its moments). Refuses a layer
+    with ``momentum=None`` (a cumulative average has no start values left).
+    """
+    if layer.momentum is None:
+        raise ValueError("a cumulative average (momentum=None) has no start values to remove")
+    k = int(layer.num_batches_tracked)
+    if k == 0:
+        raise ValueError("the layer has seen no batch, so its statistics are the start values")
+    left = (1 - layer.momentum) ** k
+    with torch.no_grad():
+        layer.running_mean.div_(1 - left)
+        layer.running_var.sub_(left).div_(1 - left)
 
 
 def train_digits_model(
@@ -357,7 +395,7 @@ def train_digits_model(
 
 def train_eval_gap(model: nn.Sequential, data=None, batch_size: int = 32,
                    n_batches: int | None = None, seed: int = 99) -> GapResult:
-    """The three accuracies of :class:`GapResult` for a trained ``model`` (left unchanged).
+    """The accuracies and lag of :class:`GapResult` for a trained ``model`` (left unchanged).
 
     Precise BN uses ``n_batches`` shuffled training batches of ``batch_size`` (all of one
     epoch when None, the last one dropped when it is smaller, so that every batch has the
@@ -387,14 +425,18 @@ def train_eval_gap(model: nn.Sequential, data=None, batch_size: int = 32,
         for layer in batch_norm_layers(precise_model):
             layer.running_var.mul_((m - 1) / m)
         precise_biased = 100 * accuracy(precise_model, data.x_test, data.y_test)
-        names = {id(m): n for n, m in model.named_modules()}
-        mean_gap, var_ratio = 0.0, 1.0
+        warmed = copy.deepcopy(model)
+        for layer in batch_norm_layers(warmed):
+            remove_warm_up(layer)
+        running_warmed = 100 * accuracy(warmed, data.x_test, data.y_test)
+        names = {id(module): name for name, module in model.named_modules()}
+        distances = []
         for layer in batch_norm_layers(model):
             mu, var = population[names[id(layer)]]
-            mean_gap = max(mean_gap, float(((layer.running_mean - mu).abs() / var.sqrt()).max()))
-            ratio = layer.running_var / var
-            var_ratio = max(var_ratio, float(torch.maximum(ratio, 1 / ratio).max()))
-    return GapResult(train_mode, running, precise, precise_biased, mean_gap, var_ratio)
+            distances.append(((layer.running_mean - mu).abs() / var.sqrt()).flatten())
+        lag = torch.cat(distances)
+    return GapResult(train_mode, running, running_warmed, precise, precise_biased,
+                     float(lag.mean()), float(lag.max()))
 
 
 def fold_benchmark(repeats: int = 30, batch: int = 32, seed: int = 0) -> dict:

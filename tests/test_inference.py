@@ -173,6 +173,8 @@ def test_bad_folds_are_refused_with_a_message_that_names_the_problem(make, messa
 def test_a_bn_before_a_padded_convolution_is_refused():
     with pytest.raises(ValueError, match="padded"):
         fold_batch_norm_before(nn.BatchNorm2d(3).eval(), nn.Conv2d(3, 4, 3, padding=1))
+    with pytest.raises(ValueError, match="zero-padded"):
+        fold_batch_norm_before(nn.BatchNorm2d(3).eval(), nn.Conv2d(3, 4, 3, padding="same"))
 
 
 @pytest.mark.verifies("eq-inference-algorithm2")
@@ -189,3 +191,48 @@ def test_reestimating_equals_algorithm_2_for_equal_batches():
         assert torch.allclose(layer.running_var, stats[name][1], rtol=1e-12, atol=1e-14)
     with pytest.raises(ValueError, match="at least one batch"):
         population_statistics(model, [])
+
+
+def test_float32_folding_error_comes_from_cancellation_not_from_the_spread_of_the_scales():
+    from bncourse.inference import float32_fold_error
+
+    flat = [float32_fold_error(log10_spread=s)[0] for s in (0.0, 2.0, 4.0)]
+    assert max(flat) < 4 * min(flat) < 1e-5
+    folded32, unfolded, offset = float32_fold_error(1e4, where="bias")
+    folded64, _, _ = float32_fold_error(1e4, where="bias", fold_in_float64=True)
+    assert offset > 1e4 and unfolded > 100 * flat[0] and folded32 > 100 * flat[0]
+    assert folded64 < 4 * flat[0], "a fold computed in float64 removes the bias's cancellation"
+    through_input, _, _ = float32_fold_error(1e4, where="input", fold_in_float64=True)
+    assert through_input > 100 * flat[0], "an offset in the input cancels inside the layer"
+    with pytest.raises(ValueError, match="where"):
+        float32_fold_error(where="weights")
+
+
+@pytest.mark.parametrize("mode", ["replicate", "reflect", "circular"])
+def test_a_bn_before_a_convolution_padded_by_copies_folds_exactly(mode):
+    torch.manual_seed(2)
+    conv = nn.Conv2d(3, 4, 3, padding=1, padding_mode=mode, dtype=D)
+    bn = _trained_bn(3, 5, layer="conv2d")
+    x = torch.randn(2, 3, 5, 5, dtype=D)
+    with torch.no_grad():
+        assert _relative(fold_batch_norm_before(bn, conv)(x), conv(bn(x))) <= 1e-12
+
+
+def test_removing_the_warm_up_leaves_the_weighted_average_of_the_batch_statistics():
+    from bncourse.inference import remove_warm_up
+
+    bn = nn.BatchNorm1d(2, momentum=0.2, dtype=D)
+    batches = [torch.randn(6, 2, dtype=D) * (k + 1) + k for k in range(3)]
+    for b in batches:
+        bn(b)
+    weights = torch.tensor([0.2 * 0.8**2, 0.2 * 0.8, 0.2], dtype=D)
+    means = torch.stack([b.mean(0) for b in batches])
+    variances = torch.stack([b.var(0) for b in batches])
+    remove_warm_up(bn)
+    total = weights.sum()
+    assert torch.allclose(bn.running_mean, (weights[:, None] * means).sum(0) / total)
+    assert torch.allclose(bn.running_var, (weights[:, None] * variances).sum(0) / total)
+    with pytest.raises(ValueError, match="cumulative"):
+        remove_warm_up(nn.BatchNorm1d(2, momentum=None))
+    with pytest.raises(ValueError, match="no batch"):
+        remove_warm_up(nn.BatchNorm1d(2))

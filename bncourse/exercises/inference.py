@@ -285,8 +285,9 @@ FOLD_ORDER = ChoiceExercise(
     ),
     mistakes=(
         Mistake("across_relu", "a ReLU between them breaks it: a * ReLU(z) + b is not a "
-                "convolution of the input, because the ReLU is not linear. That BN can only be "
-                "folded into the layer after it (if no padding is in the way).", "b"),
+                "convolution of the input, because the ReLU is not linear. Only a positive "
+                "scale could cross it (a * ReLU(z) = ReLU(a * z) for a > 0); the shift, and a "
+                "negative scale, cannot.", "b"),
         Mistake("anywhere", "being affine is not enough: the map it is folded into must be "
                 "linear up to a bias on the same side, with nothing nonlinear in between.",
                 "c"),
@@ -304,8 +305,9 @@ GAP_REASON = ChoiceExercise(
     chapter=5,
     title="Why is eval mode worse?",
     options={
-        "a": "the running statistics lag: they average batch statistics over the last hundred "
-        "or so steps, taken while the weights were still moving",
+        "a": "the running statistics are not those of the final weights: with momentum 0.01 the "
+        "moving average still carries part of its start values after 80 steps, and the rest "
+        "averages batch statistics computed with earlier weights",
         "b": "Bessel's correction: the running variance is unbiased, so eval mode divides by a "
         "variance that is too large",
         "c": "the model overfits the training batches, and eval mode reveals it",
@@ -315,8 +317,8 @@ GAP_REASON = ChoiceExercise(
     hints=(
         "Re-estimating the statistics changes no weight, yet it restores the accuracy. "
         "Which of the options would survive that?",
-        "With momentum 0.01, how many recent batches does the running average effectively "
-        "weigh, and what did the weights do during those steps at a constant learning rate?",
+        "With momentum 0.01, what weight do the start values 0 and 1 keep after 80 updates, "
+        "and what did the weights do during the steps the average covers?",
     ),
     mistakes=(
         Mistake("bessel", "the factor m/(m - 1) is 32/31 here, a 3% change of the variance; "
