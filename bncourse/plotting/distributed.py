@@ -47,7 +47,7 @@ def plot_statistics_noise(sizes: Sequence[int], mean_std: Sequence[float],
 
 def plot_batch_size_sweep(batch_sizes: Sequence[int], accuracy: dict[str, np.ndarray]) -> Figure:
     """Test accuracy against batch size per normalization: every seed a dot, the mean a line."""
-    fig, ax = new_figure(width=7.0, height=3.8)
+    fig, ax = new_figure(width=7.0, height=4.2)
     m = np.asarray(batch_sizes, dtype=float)
     offsets = {"batch": 0.94, "group": 1.0, "layer": 1.06}
     for norm, acc in accuracy.items():
@@ -63,13 +63,13 @@ def plot_batch_size_sweep(batch_sizes: Sequence[int], accuracy: dict[str, np.nda
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("BatchNorm loses accuracy at the smallest batches;\n"
                  "GroupNorm and LayerNorm do not depend on the batch")
-    ax.legend(loc="lower center")
+    fig.legend(loc="outside lower center", ncols=3)  # below the axes, clear of the data
     return fig
 
 
 def plot_scaling(bench: dict[str, Any]) -> Figure:
     """Time per step against the number of processes, synchronized and local BN."""
-    fig, ax = new_figure(width=7.0, height=3.8)
+    fig, ax = new_figure(width=7.0, height=4.2)
     styles = {"sync": ("o-", NORM_COLORS["batch"], "SyncBatchNorm (global statistics)"),
               "local": ("s--", COLORS["input"], "BatchNorm (each process's own statistics)")}
     for variant, (marker, colour, label) in styles.items():
@@ -89,5 +89,5 @@ def plot_scaling(bench: dict[str, Any]) -> Figure:
     ax.set_xlabel(f"number of processes (global batch fixed{where})")
     ax.set_ylabel("time per training step (ms)\nmedian and quartiles")
     ax.set_title("Time per step against the number of processes on this machine")
-    ax.legend(loc="upper left")
+    fig.legend(loc="outside lower center", ncols=2)  # below the axes, clear of the data
     return fig
