@@ -18,7 +18,6 @@ from sitepages import (
     MODES,
     PHONE,
     ROOT,
-    SCREENSHOTS,
     SITE,
     TIMEOUT_MS,
     VIEWPORT,
@@ -82,13 +81,12 @@ def settled(open_tab):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("width", [VIEWPORT["width"], PHONE["width"]])
-def test_screenshot_at_each_width_in_each_mode(document, width, mode, settled):
+def test_screenshot_at_each_width_in_each_mode(document, width, mode, settled, screenshots):
     viewport = VIEWPORT if width == VIEWPORT["width"] else PHONE
     tab = settled(document, viewport, mode)
     theme = tab.page.evaluate("() => document.documentElement.dataset.theme")
     assert theme == mode, f"{document}: the reader's system asks for {mode}, the site shows {theme}"
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    shot = SCREENSHOTS / screenshot_name(document, width, mode)
+    shot = screenshots / screenshot_name(document, width, mode)
     tab.page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000, f"the screenshot {shot} is nearly empty"
     assert int.from_bytes(shot.read_bytes()[16:20], "big") == width
@@ -430,7 +428,7 @@ def test_the_book_as_a_pdf_has_its_pages_and_typeset_formulas():
 
 
 @pytest.fixture(scope="module")
-def weights(open_tab):
+def weights(open_tab, screenshots):
     rows = {}
     for page in DOCUMENTS + ["search.html"]:
         tab = open_tab(page, measure=True)
@@ -440,10 +438,9 @@ def weights(open_tab):
             rows[page] = (sum(tab.sizes.values()), len(tab.sizes), dict(tab.sizes))
         finally:
             tab.close()
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     lines = [f"{'page':32} {'bytes':>10} {'requests':>9}"]
     lines += [f"{page:32} {size:10d} {count:9d}" for page, (size, count, _) in rows.items()]
-    (SCREENSHOTS / "page-weight.txt").write_text("\n".join(lines) + "\n")
+    (screenshots / "page-weight.txt").write_text("\n".join(lines) + "\n")
     print("\n" + "\n".join(lines))
     return rows
 
