@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -400,3 +401,26 @@ def test_resnet50_bn_channels_match_a_built_resnet50():
     built = sorted(m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm2d))
     assert sorted(D.resnet50_bn_channels()) == built
     assert len(D.RESNET50_BN_CHANNELS) == len(built)
+
+
+# --------------------------------------------------------------------------------------
+# The scaling benchmark: a smoke run of the command, and the stored table the chapter reads
+# --------------------------------------------------------------------------------------
+
+
+def test_bench_command_writes_the_table_the_chapter_reads(tmp_path):
+    import json
+
+    out = tmp_path / "bench.json"
+    assert D.main(["bench", "--quick", "--out", str(out)]) == 0
+    quick = json.loads(out.read_text())
+    stored = json.loads((Path(__file__).resolve().parent.parent / "book" / "data"
+                         / "distributed_bench.json").read_text())
+    for table in (quick, stored):
+        assert {"machine", "global_batch", "widths", "load_average", "rows"} <= table.keys()
+        cells = {(r["processes"], r["variant"]) for r in table["rows"]}
+        procs = {p for p, _ in cells}
+        assert cells == {(p, v) for p in procs for v in D.BENCH_VARIANTS}
+        for r in table["rows"]:
+            assert 0 < r["q1_ms"] <= r["median_ms"] <= r["q3_ms"]
+    assert {1, 2} <= {r["processes"] for r in stored["rows"]}
