@@ -65,6 +65,22 @@ def answers(eid: str) -> list[str]:
     return texts + ["", "   ", "zz", "(z)", "option a", "ab", "1", "y" * 50, "( b", "b )"]
 
 
+@cache
+def built_exercises() -> dict[str, dict]:
+    """The exercises as the built site exported them."""
+    data = json.loads((SITE / "_static" / "bncourse-exercises.json").read_text("utf-8"))
+    return data["exercises"]
+
+
+def require_fresh(eid: str) -> None:
+    """Fail clearly when the site was built from another version of exercise ``eid``."""
+    current = json.loads(json.dumps(site_data()))["exercises"].get(eid)
+    assert built_exercises().get(eid) == current, (
+        f"the site was built from another version of {eid} than bncourse.exercises holds "
+        f"now: rebuild the site (make book) before comparing the page with the checker"
+    )
+
+
 @pytest.fixture(scope="module")
 def tab_of(open_tab):
     """One open tab per page, shared by the tests of this module."""
@@ -101,6 +117,7 @@ def test_every_exercise_has_exactly_one_widget_of_its_kind():
 
 @pytest.mark.parametrize("eid", PAGE_IDS)
 def test_the_page_and_the_python_checker_agree(eid, tab_of):
+    require_fresh(eid)
     tab = tab_of(page_of(eid))
     texts = answers(eid)
     in_page = tab.page.evaluate(
@@ -140,6 +157,7 @@ def _answer_in_page(tab, eid: str, text: str) -> str:
 
 @pytest.mark.parametrize("eid", PAGE_IDS)
 def test_the_check_button_shows_the_verdict_and_the_message(eid, tab_of):
+    require_fresh(eid)
     tab = tab_of(page_of(eid))
     shown = _answer_in_page(tab, eid, _right_text(eid))
     assert "Correct" in shown and check(eid, page_answer(_right_text(eid),
