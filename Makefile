@@ -96,7 +96,7 @@ bench: $(STAMP)
 	$(PY) -m bncourse.inference bench
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check bncourse tests
+	$(VENV)/bin/ruff check bncourse tests book/_ext
 
 clean:
 	rm -rf _build .pytest_cache .hypothesis
