@@ -386,6 +386,10 @@ def _stop(processes: Sequence[Any]) -> None:
             p.join(timeout=5)
 
 
+def _port_taken(details: str) -> bool:
+    return "ddress already in use" in details or "EADDRINUSE" in details
+
+
 def launch(fn: Callable[..., Any], world_size: int, args: tuple = (),
            timeout: float = 60.0) -> list[Any]:
     """Run ``fn(rank, world_size, *args)`` in ``world_size`` fresh processes; return the results.
@@ -394,19 +398,32 @@ def launch(fn: Callable[..., Any], world_size: int, args: tuple = (),
     something ``torch.save`` can store. The processes form a gloo group on 127.0.0.1 at a
     free port, with one intra-op thread each (``OMP_NUM_THREADS=1``). If a worker raises,
     the others are stopped and this raises :class:`WorkerError`, whose message holds the
-    traceback of every worker that failed, the first failure first; if the run takes
-    longer than ``timeout``
-    seconds, every worker is stopped and this raises ``TimeoutError``. No process outlives
-    the call.
+    traceback of every worker that failed, the first failure first; if the run takes longer
+    than ``timeout`` seconds, every worker is stopped and this raises ``TimeoutError``. No
+    process outlives the call. (A port taken by another program between its choice and the
+    rendezvous is retried once with a new port.)
     """
     if not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"world_size must be a positive integer; got {world_size!r}")
+    deadline = time.monotonic() + timeout
+    for attempt in range(2):
+        try:
+            return _launch_once(fn, world_size, tuple(args), timeout, deadline)
+        except WorkerError as e:
+            if attempt == 0 and _port_taken(str(e)):
+                continue
+            raise
+    raise AssertionError("unreachable")
+
+
+def _launch_once(fn: Callable[..., Any], world_size: int, args: tuple, timeout: float,
+                 deadline: float) -> list[Any]:
     saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     with tempfile.TemporaryDirectory(prefix="bncourse-dist-") as outdir:
         try:
             context = mp.start_processes(
-                _entry, args=(fn, world_size, free_port(), tuple(args), outdir, timeout),
+                _entry, args=(fn, world_size, free_port(), args, outdir, timeout),
                 nprocs=world_size, join=False, start_method="spawn",
             )
         finally:
@@ -415,7 +432,6 @@ def launch(fn: Callable[..., Any], world_size: int, args: tuple = (),
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-        deadline = time.monotonic() + timeout
         try:
             while not context.join(timeout=0.05):
                 if time.monotonic() > deadline:
@@ -928,10 +944,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     b = sub.add_parser("bench", help="time per step against the number of processes")
     b.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "book" / "data"
                                         / "distributed_bench.json"))
-    b.add_argument("--quick", action="store_true", help="a smoke run: few steps, 2 processes")
+    b.add_argument("--quick", action="store_true", help="a smoke run: few steps, 1 process")
     args = parser.parse_args(argv)
     if args.quick:
-        result = bench(processes=(2,), global_batch=64, widths=(32,), steps=3, warmup=1)
+        result = bench(processes=(1,), global_batch=64, widths=(32,), steps=3, warmup=1)
     else:
         result = bench()
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")

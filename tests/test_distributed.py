@@ -288,6 +288,25 @@ def test_a_launch_that_runs_too_long_is_stopped():
     assert multiprocessing.active_children() == []
 
 
+def test_a_port_taken_before_the_rendezvous_is_retried_with_a_new_one(monkeypatch):
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        busy = held.getsockname()[1]
+        real, calls = D.free_port, []
+
+        def first_busy():
+            calls.append(1)
+            return busy if len(calls) == 1 else real()
+
+        monkeypatch.setattr(D, "free_port", first_busy)
+        pids = D.launch(D._pid_worker, 1, timeout=60)
+    assert len(calls) == 2 and len(pids) == 1
+    assert multiprocessing.active_children() == []
+
+
 def test_launch_rejects_a_bad_world_size():
     with pytest.raises(ValueError, match="world_size"):
         D.launch(D._pid_worker, 0)
