@@ -46,6 +46,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .layer import (
     BatchNorm,
@@ -173,7 +174,8 @@ class SyncBatchNormFunction(torch.autograd.Function):
     (channels and local count, to check the ranks agree), one ``all_gather`` of the local
     mean and M2 (2C values) in the forward; one ``all_reduce`` of the local sums of dy and
     dy * x_hat (2C values) in the backward. The returned gradients of ``weight`` and ``bias``
-    are the local sums; data parallelism adds them up across processes.
+    are the local sums; data parallelism adds them up across processes. The backward is
+    first-order only (a second derivative raises instead of coming out wrong).
     """
 
     @staticmethod
@@ -222,6 +224,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
         return y.to(x.dtype), mean, var, count
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy, _dmean, _dvar, _dcount):  # type: ignore[override]
         x_hat, inv_std, weight = ctx.saved_tensors
         dy = dy.to(x_hat.dtype)

@@ -250,6 +250,14 @@ def test_reduced_precision_inputs_use_float32_statistics_like_batch_norm(world_o
     assert abs(float(sync.running_mean.float().mean()) - 10.0) < 0.5
 
 
+def test_a_second_derivative_is_refused_rather_than_wrong(world_of_one):
+    x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    y = D.SyncBatchNorm(3, dtype=torch.float64)(x)
+    (g,) = torch.autograd.grad((y**3).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|differentiate twice"):
+        g.sum().backward()
+
+
 def test_a_dtype_mismatch_between_input_and_layer_is_a_clear_error(world_of_one):
     with pytest.raises(TypeError, match="dtype"):
         D.SyncBatchNorm(3)(torch.randn(4, 3, dtype=torch.float64))
