@@ -31,7 +31,8 @@ help:
 	@echo "make browser  open every page of the built site in headless Chromium (after make book)"
 	@echo "make execute  re-execute the chapters in place (after changing bncourse or a chapter)"
 	@echo "make student  write the student kit (notebooks, wheel, data, README) to _build/student"
-	@echo "make bench    benchmark bncourse.BatchNorm against torch, and a folded conv net (book/data)"
+	@echo "make bench    benchmarks behind the book's tables: the layer against torch, a folded conv"
+	@echo "              net, SyncBatchNorm against the number of processes (all into book/data)"
 	@echo "make lint     ruff over the package and the tests"
 	@echo "make clean    remove _build and caches (keeps .venv)"
 
@@ -94,6 +95,7 @@ execute: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bncourse.bench $(ARGS)
 	$(PY) -m bncourse.inference bench
+	$(PY) -m bncourse.distributed bench
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check bncourse tests book/_ext
