@@ -456,3 +456,22 @@ def test_page_weight_is_within_budget(weighed, weights):
         + _listing(f"{s:9d} {u}" for u, s in heaviest)
     )
     assert not any("fontawesome.js" in url for url in sizes), f"{page} loads Font Awesome's JS"
+
+
+# ---------------------------------------------------------------- internal names
+
+
+_LABEL = re.compile(r"\b(?:eq|thm|prop|lem|cor|ex|fig|sec)-[a-z0-9]+(?:-[a-z0-9]+)+\b"
+                    r"|\beq\. \([a-z][a-z-]*\)")
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_no_internal_label_shows_in_the_text_code_or_outputs(chapter):
+    import html as entities
+
+    body = page_html(chapter).split("<main", 1)[-1]
+    text = entities.unescape(re.sub(r"<[^>]+>", " ", body))
+    leaks = sorted({match.group(0) for match in _LABEL.finditer(text)})
+    assert not leaks, (
+        f"{chapter} shows label names where readers should see numbers or words: {leaks}"
+    )
