@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import multiprocessing
 import os
 import socket
 import statistics
@@ -80,6 +81,8 @@ __all__ = [
     "resnet50_parameter_count",
     "sync_values_per_step",
     "sync_bytes_per_step",
+    "ring_allreduce_bytes_received",
+    "sync_bytes_received_per_step",
     "accumulation_gap",
     "batch_size_sweep",
     "ghost_vs_sub_batches",
@@ -163,6 +166,11 @@ def _require_group(group: Any) -> None:
             "torch.distributed.init_process_group (or run under bncourse.distributed.launch) "
             "first, or use bncourse.BatchNorm in a single process"
         )
+    if group is not None and dist.get_rank(group) < 0:
+        raise ValueError(
+            f"SyncBatchNorm: this process (global rank {dist.get_rank()}) is not a member of "
+            f"the layer's process_group; give each process a group that contains it"
+        )
 
 
 class SyncBatchNormFunction(torch.autograd.Function):
@@ -209,12 +217,18 @@ class SyncBatchNormFunction(torch.autograd.Function):
         _, mean, m2 = merge_all([(k, g[0], g[1]) for k, g in zip(counts, gathered, strict=True)])
         var = m2 / n
         inv_std = torch.rsqrt(var + eps)
-        x_hat = (xc - _per_channel(mean, xc)) * _per_channel(inv_std, xc)
-        y = x_hat
-        if weight is not None:
-            y = y * _per_channel(weight.to(compute), xc)
-        if bias is not None:
-            y = y + _per_channel(bias.to(compute), xc)
+        x_hat = xc - _per_channel(mean, xc)
+        x_hat.mul_(_per_channel(inv_std, xc))
+        # y = x_hat * gamma + beta in one pass where both are present (no extra temporaries).
+        if weight is not None and bias is not None:
+            y = torch.addcmul(_per_channel(bias.to(compute), xc), x_hat,
+                              _per_channel(weight.to(compute), xc))
+        elif weight is not None:
+            y = x_hat * _per_channel(weight.to(compute), xc)
+        elif bias is not None:
+            y = x_hat + _per_channel(bias.to(compute), xc)
+        else:
+            y = x_hat.clone()
         ctx.save_for_backward(x_hat, inv_std, weight)
         ctx.n = n
         ctx.group = group
@@ -235,8 +249,9 @@ class SyncBatchNormFunction(torch.autograd.Function):
         dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=ctx.group)
         scale = inv_std if weight is None else inv_std * weight.to(inv_std.dtype)
         k = scale / ctx.n
-        dx = (dy * _per_channel(scale, dy) - _per_channel(k * sums[0], dy)
-              - x_hat * _per_channel(k * sums[1], dy))
+        # dx = scale * dy - k * sum(dy) - x_hat * k * sum(dy x_hat), in two passes.
+        dx = torch.addcmul(_per_channel(-k * sums[0], dy), dy, _per_channel(scale, dy))
+        dx.addcmul_(x_hat, _per_channel(-k * sums[1], dy))
         param_dtype = weight.dtype if weight is not None else x_hat.dtype
         return (
             dx.to(ctx.x_dtype) if ctx.needs_input_grad[0] else None,
@@ -254,7 +269,14 @@ class SyncBatchNorm(BatchNorm):
     default group). Same parameters, buffers and state_dict as :class:`bncourse.BatchNorm`;
     the running variance stores the global unbiased variance ``M2 / (n - 1)``. A process
     may hold an empty local batch as long as the global batch has 2 values per channel. In
-    eval mode nothing is communicated: the running statistics normalize, as in BN.
+    eval mode nothing is communicated: the running statistics normalize, as in BN, and a
+    layer without running statistics (``track_running_stats=False``) normalizes with this
+    process's own batch statistics, as ``torch.nn.SyncBatchNorm`` does.
+
+    Every rank of the group must call the layer with the same number of channels. A rank
+    whose input disagrees with its *own* layer's ``num_features`` raises at once, before
+    any collective, and its peers then wait in the first collective until the group's
+    timeout; ranks whose layers disagree with each other fail together with a clear error.
     float16/bfloat16 inputs are normalized with float32 statistics and returned in their own
     dtype; parameters and buffers follow torch's dtype rule (the input's dtype, or float32
     under a reduced-precision input).
@@ -273,15 +295,20 @@ class SyncBatchNorm(BatchNorm):
         _check_channels(x, self.num_features)
         _check_dtypes(x, weight=self.weight, bias=self.bias, running_mean=self.running_mean,
                       running_var=self.running_var)
-        use_batch_stats = self.training or self.running_mean is None
-        if not use_batch_stats:
+        if not self.training:
+            # Eval mode never communicates: the running statistics normalize, or, for a layer
+            # without them (track_running_stats=False), this process's own batch statistics,
+            # as torch.nn.SyncBatchNorm does.
+            if self.running_mean is None:
+                return batch_norm(x, None, None, self.weight, self.bias, training=True,
+                                  eps=self.eps)
             return batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                               training=False, eps=self.eps)
         _require_group(self.process_group)
         with _no_autocast(x):
             y, mean, var, count = SyncBatchNormFunction.apply(
                 x, self.weight, self.bias, self.eps, self.process_group)
-        if self.training and self.track_running_stats:
+        if self.track_running_stats:
             self.num_batches_tracked.add_(1)
             if self.momentum is None:
                 factor = 1.0 / float(self.num_batches_tracked)
@@ -298,20 +325,29 @@ class SyncBatchNorm(BatchNorm):
 def convert_sync_batchnorm(module: nn.Module, process_group: Any = None) -> nn.Module:
     """Replace every :class:`bncourse.BatchNorm` and ``torch.nn.BatchNorm*d`` in ``module``.
 
-    Each becomes a :class:`SyncBatchNorm` with the same settings, parameters and buffers.
-    Returns the converted module (the input itself when it has children, a new layer when
-    ``module`` is a BN layer).
+    Each becomes a :class:`SyncBatchNorm` with the same settings and the very same parameter
+    and buffer objects (same dtype, device and ``requires_grad``). Returns the converted
+    module (the input itself when it has children, a new layer when ``module`` is a BN
+    layer).
     """
     if isinstance(module, (BatchNorm, nn.modules.batchnorm._BatchNorm)) and not isinstance(
         module, SyncBatchNorm
     ):
-        new = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                            module.track_running_stats, process_group=process_group)
-        new.load_state_dict(module.state_dict())
-        new.train(module.training)
         ref = module.weight if module.affine else module.running_mean
-        if ref is not None:
-            new.to(device=ref.device, dtype=ref.dtype)
+        kwargs = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
+        new = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                            module.track_running_stats, process_group=process_group, **kwargs)
+        # The same Parameter and buffer objects, not copies: no rounding through another
+        # dtype, requires_grad kept (a frozen BN stays frozen), and an optimizer built before
+        # the conversion still holds the model's parameters.
+        if module.affine:
+            new.weight = module.weight
+            new.bias = module.bias
+        if module.track_running_stats:
+            new.running_mean = module.running_mean
+            new.running_var = module.running_var
+            new.num_batches_tracked = module.num_batches_tracked
+        new.train(module.training)
         return new
     for name, child in module.named_children():
         setattr(module, name, convert_sync_batchnorm(child, process_group))
@@ -372,8 +408,10 @@ def _worker_errors(outdir: str, world_size: int) -> str:
                 when, _, text = f.read().partition("\n")
             failures.append((float(when), r, text))
     failures.sort()
+    # The earliest record is always labelled, whether or not the other ranks had time to write
+    # theirs before they were stopped: the label does not depend on that race.
     return "\n".join(
-        f"--- rank {r}{' (failed first)' if i == 0 and len(failures) > 1 else ''} ---\n{text}"
+        f"--- rank {r}{' (failed first)' if i == 0 else ''} ---\n{text}"
         for i, (_, r, text) in enumerate(failures)
     )
 
@@ -401,7 +439,8 @@ def launch(fn: Callable[..., Any], world_size: int, args: tuple = (),
     something ``torch.save`` can store. The processes form a gloo group on 127.0.0.1 at a
     free port, with one intra-op thread each (``OMP_NUM_THREADS=1``). If a worker raises,
     the others are stopped and this raises :class:`WorkerError`, whose message holds the
-    traceback of every worker that failed, the first failure first; if the run takes longer
+    traceback of every worker that recorded a failure, the earliest first and labelled
+    ``(failed first)``; if the run takes longer
     than ``timeout`` seconds, every worker is stopped and this raises ``TimeoutError``. No
     process outlives the call. (A port taken by another program between its choice and the
     rendezvous is retried once with a new port.)
@@ -421,14 +460,22 @@ def launch(fn: Callable[..., Any], world_size: int, args: tuple = (),
 
 def _launch_once(fn: Callable[..., Any], world_size: int, args: tuple, timeout: float,
                  deadline: float) -> list[Any]:
-    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                             "GLOO_SOCKET_IFNAME")}
     os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    if sys.platform.startswith("linux") and saved["GLOO_SOCKET_IFNAME"] is None:
+        os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # keep gloo on the loopback interface
     with tempfile.TemporaryDirectory(prefix="bncourse-dist-") as outdir:
+        before = set(multiprocessing.active_children())
         try:
             context = mp.start_processes(
                 _entry, args=(fn, world_size, free_port(), args, outdir, timeout),
                 nprocs=world_size, join=False, start_method="spawn",
             )
+        except BaseException:
+            # Starting failed partway: stop the workers that did start.
+            _stop([p for p in multiprocessing.active_children() if p not in before])
+            raise
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -723,6 +770,38 @@ def sync_bytes_per_step(channels: int | Sequence[int], itemsize: int = 4) -> int
     return sum(sync_values_per_step(c) for c in channels) * itemsize
 
 
+def ring_allreduce_bytes_received(values: int, processes: int, itemsize: int = 4) -> float:
+    """Bytes one process receives in a ring all-reduce of ``values`` values over ``processes``.
+
+    A ring all-reduce is a reduce-scatter then an all-gather, each of ``processes - 1``
+    rounds in which every process receives one of ``processes`` equal chunks: in all
+    ``2 (P - 1) / P`` times the data. (It sends as much as it receives.)
+    """
+    if not isinstance(processes, int) or processes < 1:
+        raise ValueError(f"processes must be a positive integer; got {processes!r}")
+    return 2 * (processes - 1) / processes * values * itemsize
+
+
+def sync_bytes_received_per_step(channels: int | Sequence[int], processes: int,
+                                 itemsize: int = 4) -> float:
+    """Bytes one process receives per step from SyncBN layers of these channel counts.
+
+    Forward: the ``all_gather`` delivers the mean and M2 (2C values) of each of the other
+    ``processes - 1`` processes; backward: a ring all-reduce of the 2C sums. The small
+    agreement check is not counted.
+    """
+    if isinstance(channels, int):
+        channels = [channels]
+    if not isinstance(processes, int) or processes < 1:
+        raise ValueError(f"processes must be a positive integer; got {processes!r}")
+    total = 0.0
+    for c in channels:
+        half = sync_values_per_step(c) // 2  # 2C values forward, 2C backward
+        total += (processes - 1) * half * itemsize
+        total += ring_allreduce_bytes_received(half, processes, itemsize)
+    return total
+
+
 # --------------------------------------------------------------------------------------
 # Experiments of the chapter: small batches, accumulation, ghost batches
 # --------------------------------------------------------------------------------------
@@ -780,13 +859,17 @@ def accumulation_gap(norm: str, micro: int = 8, n_micro: int = 4, seed: int = 0,
 
 def batch_size_sweep(batch_sizes: Sequence[int], norms: Sequence[str] = ("batch", "group",
                      "layer"), seeds: Sequence[int] = (0, 1, 2), examples: int = 12_000,
-                     lr: float = 1e-3, widths: Sequence[int] = (64,)) -> dict[str, np.ndarray]:
+                     lr: float = 1e-3, widths: Sequence[int] = (64,),
+                     min_steps: int = 0) -> dict[str, np.ndarray]:
     """Test accuracy on the digits against batch size, per normalization and seed.
 
-    Every run sees the same number of training examples (``examples``, about ten epochs)
-    with Adam at a fixed learning rate, so a smaller batch takes more, smaller steps.
-    Returns ``{norm: array (len(seeds), len(batch_sizes))}`` of test accuracies (eval mode:
-    BN uses its running statistics).
+    Every run sees at least ``examples`` training examples (the default, 12,000, is about
+    ten epochs of the 1,257 training digits) with Adam at a fixed learning rate, so a
+    smaller batch takes more, smaller steps; and every run takes at least ``min_steps``
+    optimizer steps, so that the largest batches are not left with a handful of steps
+    (they then see more examples than ``examples``). Returns
+    ``{norm: array (len(seeds), len(batch_sizes))}`` of test accuracies (eval mode: BN uses
+    its running statistics).
     """
     from .training import accuracy, load_digits_data, minibatches, torch_threads
 
@@ -800,15 +883,16 @@ def batch_size_sweep(batch_sizes: Sequence[int], norms: Sequence[str] = ("batch"
                     model = _mlp(norm, widths, seed)
                     opt = torch.optim.Adam(model.parameters(), lr=lr)
                     gen = torch.Generator().manual_seed(seed)
-                    seen = 0
-                    while seen < examples:
+                    seen = steps = 0
+                    while seen < examples or steps < min_steps:
                         for xb, yb in minibatches(data.x_train, data.y_train, m, gen):
                             loss = nn.functional.cross_entropy(model(xb), yb)
                             opt.zero_grad(set_to_none=True)
                             loss.backward()
                             opt.step()
                             seen += xb.shape[0]
-                            if seen >= examples:
+                            steps += 1
+                            if seen >= examples and steps >= min_steps:
                                 break
                     acc[i, j] = accuracy(model, data.x_test, data.y_test)
             out[norm] = acc
@@ -859,13 +943,18 @@ def ghost_vs_sub_batches(n: int = 32, virtual: int = 8, c: int = 5,
 # --------------------------------------------------------------------------------------
 
 
-def _bench_model(norm: str, widths: Sequence[int]) -> nn.Module:
+def _bench_model(norm: str, widths: Sequence[int], own_group: Any = None) -> nn.Module:
     torch.manual_seed(0)
     layers: list[nn.Module] = []
     previous = 64
     for width in widths:
         layers.append(nn.Linear(previous, width))
-        layers.append(SyncBatchNorm(width) if norm == "sync" else BatchNorm(width))
+        if norm == "sync":
+            layers.append(SyncBatchNorm(width))
+        elif norm == "sync_self":
+            layers.append(SyncBatchNorm(width, process_group=own_group))
+        else:
+            layers.append(BatchNorm(width))
         layers.append(nn.ReLU())
         previous = width
     layers.append(nn.Linear(previous, 10))
@@ -875,15 +964,22 @@ def _bench_model(norm: str, widths: Sequence[int]) -> nn.Module:
 def _bench_worker(rank: int, world_size: int, global_batch: int, widths: Sequence[int],
                   steps: int, warmup: int) -> dict[str, list[float]]:
     local = global_batch // world_size
-    models = {norm: _bench_model(norm, widths) for norm in BENCH_VARIANTS}
+    # A one-rank group per process: every rank must create every group, in the same order.
+    own_group = None
+    for r in range(world_size):
+        made = dist.new_group([r])
+        if r == rank:
+            own_group = made
+    models = {norm: _bench_model(norm, widths, own_group) for norm in BENCH_VARIANTS}
     optimizers = {k: torch.optim.SGD(m.parameters(), lr=0.01) for k, m in models.items()}
     g = torch.Generator().manual_seed(rank)
     x = torch.randn(local, 64, generator=g)
     y = torch.randint(0, 10, (local,), generator=g)
     times: dict[str, list[float]] = {norm: [] for norm in BENCH_VARIANTS}
     for step in range(warmup + steps):
-        # Alternate the variants step by step, so that a busy machine slows both alike.
-        order = BENCH_VARIANTS if step % 2 == 0 else BENCH_VARIANTS[::-1]
+        # Rotate the variants step by step, so that a busy machine slows all of them alike.
+        k = step % len(BENCH_VARIANTS)
+        order = BENCH_VARIANTS[k:] + BENCH_VARIANTS[:k]
         for norm in order:
             dist.barrier()
             start = time.perf_counter()
@@ -897,8 +993,11 @@ def _bench_worker(rank: int, world_size: int, global_batch: int, widths: Sequenc
     return times
 
 
-#: The variants of the scaling benchmark: the global batch's statistics, or each process's.
-BENCH_VARIANTS = ("sync", "local")
+#: The variants of the scaling benchmark: :class:`SyncBatchNorm` on all processes (the global
+#: batch's statistics); the same layer on a one-rank group per process (identical code and
+#: collectives, nothing exchanged between processes: each process's own statistics); and
+#: :class:`bncourse.BatchNorm` (each process's own statistics, no collectives).
+BENCH_VARIANTS = ("sync", "sync_self", "local")
 
 
 def bench(processes: Sequence[int] = (1, 2, 3, 4), global_batch: int = 1536,
@@ -907,10 +1006,12 @@ def bench(processes: Sequence[int] = (1, 2, 3, 4), global_batch: int = 1536,
     """Time per training step of a data-parallel MLP against the number of processes.
 
     Strong scaling: the global batch is fixed and split evenly, each process runs one
-    intra-op thread, and DDP averages the gradients. Two variants, alternated step by step
-    within one launch: ``sync`` (:class:`SyncBatchNorm`, the global batch's statistics) and
-    ``local`` (:class:`bncourse.BatchNorm`, each process's own). A step's time is the
-    slowest process's, between two barriers. Returns the machine, the settings and one row
+    intra-op thread, and DDP averages the gradients. Three variants, rotated step by step
+    within one launch (see :data:`BENCH_VARIANTS`): ``sync`` (:class:`SyncBatchNorm` on all
+    processes), ``sync_self`` (:class:`SyncBatchNorm` on a one-rank group per process: the
+    same code, with nothing exchanged, so ``sync - sync_self`` is the price of the exchange)
+    and ``local`` (:class:`bncourse.BatchNorm`). A step's time is the slowest process's,
+    between two barriers. Returns the machine, the settings and one row
     per (processes, variant) with the median and quartiles of the step time, and the
     machine's one-minute load average before and after the run (other programs competing
     for the cores show there).
@@ -930,7 +1031,7 @@ def bench(processes: Sequence[int] = (1, 2, 3, 4), global_batch: int = 1536,
             rows.append({"processes": p, "variant": norm,
                          "median_ms": 1e3 * statistics.median(per_step),
                          "q1_ms": 1e3 * q[0], "q3_ms": 1e3 * q[2]})
-            print(f"{p} process(es), {norm:5s}: {rows[-1]['median_ms']:8.2f} ms per step "
+            print(f"{p} process(es), {norm:9s}: {rows[-1]['median_ms']:8.2f} ms per step "
                   f"(quartiles {rows[-1]['q1_ms']:.2f} to {rows[-1]['q3_ms']:.2f})",
                   file=sys.stderr)
     load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else None

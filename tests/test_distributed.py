@@ -150,6 +150,35 @@ def test_uninitialized_process_group_is_a_clear_error():
     assert layer(torch.randn(4, 3)).shape == (4, 3)
 
 
+def test_eval_mode_without_running_statistics_uses_local_batch_statistics_without_a_group():
+    # Like torch.nn.SyncBatchNorm: no running statistics, eval mode -> this process's batch.
+    assert not dist.is_initialized()
+    torch.manual_seed(3)
+    x = torch.randn(6, 3, 2, dtype=torch.float64) * 2 + 1
+    sync = D.SyncBatchNorm(3, track_running_stats=False, dtype=torch.float64).eval()
+    torch_bn = nn.BatchNorm1d(3, track_running_stats=False, dtype=torch.float64).eval()
+    with torch.no_grad():
+        for layer in (sync, torch_bn):
+            layer.weight.copy_(torch.tensor([0.5, 1.5, 2.0]))
+            layer.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    assert _gap(sync(x), torch_bn(x)) <= TOL
+    sync.train()  # training mode still needs the group
+    with pytest.raises(ValueError, match="training mode needs an initialized process group"):
+        sync(x)
+
+
+def test_a_process_outside_the_layers_group_is_a_clear_error():
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{D.free_port()}",
+                            rank=0, world_size=1)
+    try:
+        outside = dist.GroupMember.NON_GROUP_MEMBER  # what new_group gives a non-member
+        layer = D.SyncBatchNorm(3, process_group=outside)
+        with pytest.raises(ValueError, match="not a member of the layer's process_group"):
+            layer(torch.randn(4, 3))
+    finally:
+        dist.destroy_process_group()
+
+
 @pytest.fixture
 def world_of_one():
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{D.free_port()}",
@@ -181,6 +210,23 @@ def test_values_communicated_per_step_are_those_counted(world_of_one, monkeypatc
     assert ints == 2  # the agreement check: channels and local count
     assert D.sync_bytes_per_step(c) == 4 * c * 4
     assert D.sync_bytes_per_step([c, c], itemsize=8) == 2 * 4 * c * 8
+
+
+def test_bytes_received_grow_with_the_number_of_processes():
+    c = 7
+    # One process receives nothing; with two, the all_gather delivers exactly the peer's
+    # contribution (2C values) and a ring all-reduce of 2C values delivers 2C values.
+    assert D.sync_bytes_received_per_step(c, 1) == 0
+    assert D.sync_bytes_received_per_step(c, 2) == D.sync_bytes_per_step(c)
+    assert D.ring_allreduce_bytes_received(100, 2, itemsize=1) == 100
+    # The all-reduce's share tends to twice the data; the all_gather's grows like P - 1.
+    for p in (3, 8, 64):
+        gather = (p - 1) * 2 * c * 4
+        assert D.sync_bytes_received_per_step([c, c], p) == pytest.approx(
+            2 * (gather + D.ring_allreduce_bytes_received(2 * c, p)))
+        assert D.ring_allreduce_bytes_received(10, p, itemsize=1) < 20
+    with pytest.raises(ValueError, match="processes"):
+        D.sync_bytes_received_per_step(c, 0)
 
 
 def test_torch_sync_batchnorm_refuses_cpu_training_which_the_chapter_says(world_of_one):
@@ -274,6 +320,29 @@ def test_convert_sync_batchnorm_replaces_every_bn_and_keeps_its_state():
     assert not converted[1].training
 
 
+def test_convert_sync_batchnorm_keeps_float64_values_and_the_parameter_objects():
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), bncourse.BatchNorm(4)).double()
+    with torch.no_grad():
+        for bn in (model[1], model[2]):
+            bn.weight.copy_(torch.rand(4, dtype=torch.float64) + 0.1 / 3)
+            bn.running_var.copy_(torch.rand(4, dtype=torch.float64) + 1 / 3)
+    model[2].weight.requires_grad_(False)  # a frozen BN
+    model[2].bias.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    params = list(model.parameters())
+    optimizer = torch.optim.SGD(params, lr=0.1)
+    converted = D.convert_sync_batchnorm(model)
+    for k, v in converted.state_dict().items():
+        assert v.dtype == before[k].dtype and torch.equal(v, before[k]), k  # no float32 rounding
+    assert converted[1].weight is params[2] and converted[2].bias is params[5]
+    assert not converted[2].weight.requires_grad and not converted[2].bias.requires_grad
+    assert converted[1].weight.requires_grad
+    # The optimizer built before the conversion still holds the converted model's parameters.
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert {id(p) for p in converted.parameters()} <= held
+
+
 # --------------------------------------------------------------------------------------
 # The launcher
 # --------------------------------------------------------------------------------------
@@ -284,7 +353,21 @@ def test_a_failing_worker_fails_the_launch_with_its_traceback_and_leaves_no_proc
         D.launch(D._fail_worker, 2, (1,), timeout=60)
     message = str(info.value)
     assert "RuntimeError: worker 1 failed on purpose" in message
+    # Rank 1 fails first by construction (rank 0 fails only because its peer left), and the
+    # earliest failure is labelled whether or not rank 0 had time to record its own.
     assert "Traceback" in message and "--- rank 1 (failed first) ---" in message
+    assert "--- rank 0 (failed first) ---" not in message
+    assert multiprocessing.active_children() == []
+
+
+def test_workers_started_before_a_failed_start_are_stopped(monkeypatch):
+    def start_one_then_fail(*args, **kwargs):
+        multiprocessing.get_context("spawn").Process(target=time.sleep, args=(60,)).start()
+        raise OSError("could not start the second worker")
+
+    monkeypatch.setattr(D.mp, "start_processes", start_one_then_fail)
+    with pytest.raises(OSError, match="second worker"):
+        D.launch(D._pid_worker, 2, timeout=30)
     assert multiprocessing.active_children() == []
 
 

@@ -145,9 +145,10 @@ BYTES_PER_STEP = NumberExercise(
             2.0 * BYTES_C * BYTES_ITEMSIZE,
         ),
         Mistake(
-            "float64",
-            "this is the count in float64 (8 bytes per value); the layer works in float32 "
-            "here, 4 bytes per value.",
+            "float64_or_sent_and_received",
+            "this is twice the answer: either the values counted at 8 bytes each (float64), "
+            "while the layer works in float32, 4 bytes per value; or what a process sends and "
+            "receives together with one peer, while the question asks what it contributes.",
             4.0 * BYTES_C * 8,
         ),
         Mistake(
@@ -179,15 +180,14 @@ ACCUMULATION = ChoiceExercise(
     chapter=6,
     title="What gradient accumulation does to BN",
     options={
-        "a": "nothing: the accumulated gradient and the running statistics equal those of "
-        "one batch of 32",
-        "b": "the gradients equal those of one batch of 32, but the running statistics "
-        "receive 4 updates instead of 1",
-        "c": "each micro-batch of 8 is normalized with its own statistics, so the gradient "
-        "differs from that of one batch of 32, and the running statistics receive 4 updates "
-        "from batches of 8",
-        "d": "the running statistics equal those of one batch of 32, but the gradients "
-        "differ",
+        "a": "nothing changes: the gradients of the 4 micro-batches add up to the gradient of "
+        "the 32 examples, and the running statistics end where one batch of 32 leaves them",
+        "b": "the gradient equals that of one batch of 32, since each loss is divided by 4, "
+        "but the running statistics take 4 updates from batches of 8 instead of 1 from 32",
+        "c": "each micro-batch is normalized with its own mean and variance, so the gradient "
+        "differs from that of one batch of 32, and the running statistics take 4 updates",
+        "d": "the running statistics equal those of one batch of 32, since they average the "
+        "same 32 examples, but the gradient differs from that of one batch of 32",
     },
     answer="c",
     hints=(
@@ -227,26 +227,33 @@ PREFER_GROUP_NORM = ChoiceExercise(
     title="When to prefer GroupNorm",
     options={
         "a": "an image classifier trained with 256 images per device",
-        "b": "a detector trained on large images with 2 images per device, where "
-        "synchronizing BN across devices is not possible",
+        "b": "a detector trained with 2 large images per device on 8 devices joined by a fast "
+        "interconnect, its BN layers synchronized across the 8",
         "c": "a network that must run as fast as possible at inference, with BN folded into "
         "the convolution before it",
-        "d": "any network whose batch holds more than 32 examples",
+        "d": "a video model trained on one device that holds a single clip per step",
     },
-    answer="b",
+    answer="d",
     hints=(
-        "Which of BN's inputs does GroupNorm do without, and in which setting is that input "
-        "poor?",
-        "BN's statistics come from the examples of a batch on one device; GroupNorm's from "
-        "the channels of one example.",
+        "For each setting, count the examples whose statistics BN (or a synchronized BN) "
+        "would average over in one step.",
+        "Synchronizing BN needs other processes that hold examples at the same time; "
+        "GroupNorm's statistics come from the channels of one example.",
     ),
     mistakes=(
         Mistake(
             "large_batch",
-            "with 256 examples per device BN's statistics are precise and its noise is mild, "
-            "and BN usually matches or beats GroupNorm there; GroupNorm pays off when the "
-            "batch per device is tiny.",
+            "with 256 examples per device BN's statistics are precise and their noise is "
+            "mild; GroupNorm's advantage is at a batch of a few examples, where BN's "
+            "statistics are noisy.",
             "a",
+        ),
+        Mistake(
+            "synchronized",
+            "synchronized across 8 devices, BN's statistics cover 16 images per step, not 2: "
+            "this is the setting synchronized BN is made for, and it leaves BN's statistics "
+            "no worse than those of an ordinary batch of 16.",
+            "b",
         ),
         Mistake(
             "inference_speed",
@@ -254,12 +261,6 @@ PREFER_GROUP_NORM = ChoiceExercise(
             "the convolution before it and costs nothing; GroupNorm computes statistics of "
             "every example and cannot be folded.",
             "c",
-        ),
-        Mistake(
-            "size_threshold",
-            "a batch of more than 32 examples is where BN works well; GroupNorm's advantage is "
-            "at batches of a few examples per device, where BN's statistics are noisy.",
-            "d",
         ),
     ),
 )

@@ -39,8 +39,8 @@ def plot_statistics_noise(sizes: Sequence[int], mean_std: Sequence[float],
     ax.minorticks_off()
     ax.set_xlabel("batch size $m$ (values per channel)")
     ax.set_ylabel("standard deviation over batches\n(data with $\\sigma = 1$)")
-    ax.set_title("The batch statistics are noisy at small m: their spread\n"
-                 "falls like $1/\\sqrt{m}$, as the formulas predict")
+    ax.set_title("The batch statistics are noisy at small m, as the formulas predict:\n"
+                 "the mean's spread falls like $1/\\sqrt{m}$, the variance's for large m")
     ax.legend(loc="lower left")
     return fig
 
@@ -68,13 +68,18 @@ def plot_batch_size_sweep(batch_sizes: Sequence[int], accuracy: dict[str, np.nda
 
 
 def plot_scaling(bench: dict[str, Any]) -> Figure:
-    """Time per step against the number of processes, synchronized and local BN."""
-    fig, ax = new_figure(width=7.0, height=4.2)
-    styles = {"sync": ("o-", NORM_COLORS["batch"], "SyncBatchNorm (global statistics)"),
-              "local": ("s--", COLORS["input"], "BatchNorm (each process's own statistics)")}
+    """Time per step against the number of processes: SyncBatchNorm on all processes, the same
+    layer on one-process groups, and plain BatchNorm."""
+    fig, ax = new_figure(width=7.0, height=4.8)
+    styles = {"sync": ("o-", NORM_COLORS["batch"], "SyncBatchNorm, all processes"),
+              "sync_self": ("^-.", COLORS["staged"],
+                            "SyncBatchNorm, one-process groups (nothing exchanged)"),
+              "local": ("s--", COLORS["input"], "bncourse.BatchNorm (no collectives)")}
     for variant, (marker, colour, label) in styles.items():
         rows = sorted((r for r in bench["rows"] if r["variant"] == variant),
                       key=lambda r: r["processes"])
+        if not rows:
+            continue
         p = [r["processes"] for r in rows]
         med = np.array([r["median_ms"] for r in rows])
         lo = med - np.array([r["q1_ms"] for r in rows])
@@ -89,5 +94,5 @@ def plot_scaling(bench: dict[str, Any]) -> Figure:
     ax.set_xlabel(f"number of processes (global batch fixed{where})")
     ax.set_ylabel("time per training step (ms)\nmedian and quartiles")
     ax.set_title("Time per step against the number of processes on this machine")
-    fig.legend(loc="outside lower center", ncols=2)  # below the axes, clear of the data
+    fig.legend(loc="outside lower center", ncols=1)  # below the axes, clear of the data
     return fig
