@@ -65,9 +65,10 @@ How the contract of torch's layer is kept, and why:
   statistics. Tracing an eval-mode layer with running statistics works (plain tensor ops),
   and the trace can be saved and loaded.
 * **The compiled path** (:func:`compiled_batch_norm`, for the benchmark) compiles for any
-  number of shapes: automatic dynamic shapes make one graph serve every shape of a kind, and
-  Dynamo's recompile limit is raised to :data:`COMPILE_RECOMPILE_LIMIT` variants, past which
-  it raises instead of silently falling back to eager.
+  number of shapes: the first :data:`COMPILE_STATIC_SHAPES` get kernels with their sizes
+  fixed, later ones share dynamic-shape graphs (one per number of dimensions and dtype), and
+  Dynamo's recompile limit is raised to :data:`COMPILE_RECOMPILE_LIMIT`, past which it
+  raises instead of silently falling back to eager.
 
 Deliberate differences from torch's layer:
 
@@ -110,6 +111,7 @@ __all__ = [
     "staged_batch_norm",
     "compiled_batch_norm",
     "to_torch",
+    "COMPILE_STATIC_SHAPES",
     "COMPILE_RECOMPILE_LIMIT",
 ]
 
@@ -523,16 +525,25 @@ class _FirstOrderFunction(torch.autograd.Function):
 # The compiled path
 # --------------------------------------------------------------------------------------
 
-#: How many compiled variants :func:`compiled_batch_norm` allows (Dynamo's recompile limit
-#: while it compiles). Shapes of one number of dimensions and dtype share one dynamic graph
-#: after the second, so this counts (ndim, dtype, device, eps, ...) combinations, not shapes.
+#: How many input shapes :func:`compiled_batch_norm` compiles with their sizes fixed (the
+#: fastest kernels, one compile each); later shapes share dynamic-shape graphs.
+COMPILE_STATIC_SHAPES = 8
+#: Dynamo's recompile limit while :func:`compiled_batch_norm` compiles: per compiled function,
+#: the static shapes above, or the dynamic graphs (one per number of dimensions, dtype,
+#: device, ``eps`` and so on, not per shape). Past it, compiling raises.
 COMPILE_RECOMPILE_LIMIT = 64
 
-_COMPILED: list = []
-_COMPILED_KEYS: set = set()
+_COMPILED: dict = {}
+_COMPILED_KEYS: dict = {}
 
 
 def _compiled_target(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    return _FirstOrderFunction.apply(x, weight, bias, eps)[0]
+
+
+def _compiled_target_dynamic(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    # The same as _compiled_target; a function of its own, so that Dynamo keeps its cache
+    # (and counts its recompiles) apart from the static shapes'.
     return _FirstOrderFunction.apply(x, weight, bias, eps)[0]
 
 
@@ -545,34 +556,37 @@ def compiled_batch_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e
     forward and its analytic backward each become one fused kernel. Running statistics are
     not updated, and the backward cannot be differentiated again (use the layer for that).
 
-    Any number of shapes: the first shape of a kind is compiled static, and when a second
-    shape arrives Dynamo recompiles with the changed sizes symbolic (automatic dynamic
-    shapes), which then serves every further shape. New variants (another dtype, number of
-    dimensions, device or ``eps``) are compiled with Dynamo's recompile limit raised to
+    Any number of shapes: the first :data:`COMPILE_STATIC_SHAPES` distinct inputs (shape,
+    dtype, device, ``eps``, ...) are compiled with their sizes fixed; every later one goes to
+    a second compiled function with dynamic shapes, where one graph per number of dimensions
+    and dtype serves all sizes. Both compile with Dynamo's recompile limit raised to
     :data:`COMPILE_RECOMPILE_LIMIT`; past it this function raises Dynamo's
     ``FailOnRecompileLimitHit`` instead of silently running eagerly.
     """
     _check_input(x)
     if _check_training_batch(x) == 0:
         return _compiled_target(x, weight, bias, eps)
-    if not _COMPILED:
-        _COMPILED.append(torch.compile(_compiled_target, dynamic=None))
-    fn = _COMPILED[0]
     key = (
-        x.dim(), tuple(x.shape), x.dtype, x.device, x.requires_grad, float(eps),
+        tuple(x.shape), x.dtype, x.device, x.requires_grad, float(eps),
         None if weight is None else (weight.dtype, weight.requires_grad),
         None if bias is None else (bias.dtype, bias.requires_grad),
         torch.is_grad_enabled(),
     )
-    if key in _COMPILED_KEYS:
-        return fn(x, weight, bias, eps)
+    mode = _COMPILED_KEYS.get(key)
+    if mode is not None:
+        return _COMPILED[mode](x, weight, bias, eps)
+    if not _COMPILED:
+        _COMPILED["static"] = torch.compile(_compiled_target, dynamic=False)
+        _COMPILED["dynamic"] = torch.compile(_compiled_target_dynamic, dynamic=True)
+    n_static = sum(1 for m in _COMPILED_KEYS.values() if m == "static")
+    mode = "static" if n_static < COMPILE_STATIC_SHAPES else "dynamic"
     import torch._dynamo as dynamo
 
     with dynamo.config.patch(
         recompile_limit=COMPILE_RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True
     ):
-        y = fn(x, weight, bias, eps)
-    _COMPILED_KEYS.add(key)
+        y = _COMPILED[mode](x, weight, bias, eps)
+    _COMPILED_KEYS[key] = mode
     return y
 
 

@@ -685,13 +685,18 @@ def counting_compile(monkeypatch):
 
     torch._dynamo.reset()
     backend = _CountingBackend()
-    monkeypatch.setattr(L, "_COMPILED", [torch.compile(L._compiled_target, backend=backend)])
-    monkeypatch.setattr(L, "_COMPILED_KEYS", set())
+    monkeypatch.setattr(L, "_COMPILED", {
+        "static": torch.compile(L._compiled_target, backend=backend, dynamic=False),
+        "dynamic": torch.compile(L._compiled_target_dynamic, backend=backend, dynamic=True),
+    })
+    monkeypatch.setattr(L, "_COMPILED_KEYS", {})
     yield backend
     torch._dynamo.reset()
 
 
 def test_compiled_batch_norm_still_compiles_the_tenth_shape(counting_compile):
+    # The first COMPILE_STATIC_SHAPES (8) shapes are compiled static, the rest dynamic.
+    assert L.COMPILE_STATIC_SHAPES < 10
     shapes_ = [(4 + k, 3) for k in range(6)] + [(2, 3, 2 + k, 2) for k in range(6)]
     gen = torch.Generator().manual_seed(0)
     w = torch.rand(3, generator=gen, dtype=F64, requires_grad=True)
@@ -717,3 +722,8 @@ def test_compiled_batch_norm_says_when_it_stops(counting_compile, monkeypatch):
     L.compiled_batch_norm(torch.randn(4, 3), w, b)
     with pytest.raises(FailOnRecompileLimitHit):
         L.compiled_batch_norm(torch.randn(4, 3, 2), w, b)
+    # The dynamic graphs have the same limit.
+    monkeypatch.setattr(L, "COMPILE_STATIC_SHAPES", 0)
+    L.compiled_batch_norm(torch.randn(5, 3), w, b)
+    with pytest.raises(FailOnRecompileLimitHit):
+        L.compiled_batch_norm(torch.randn(5, 3, 2), w, b)
