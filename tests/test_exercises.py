@@ -581,7 +581,9 @@ def test_an_answer_that_runs_too_long_is_stopped_with_a_clear_message():
         result = exercise.check(answer)
         assert time.monotonic() - start < 5
         assert result.status == FAILED and "time limit" in result.message, result
-    assert exercise.check(_right("formula.forward")).passed
+    # After a stopped answer the checker still works. The right answer gets a generous limit:
+    # its running time depends on the machine's load, and this asserts no timing of it.
+    assert _short_limit(60.0).check(_right("formula.forward")).passed
 
 
 def test_the_time_limit_holds_outside_the_main_thread_too():
