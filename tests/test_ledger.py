@@ -101,6 +101,10 @@ def test_the_ledger_table_links_every_statement_to_its_check(complete_build):
     assert "fixture_tests/test_fixture.py::test_b" in html
     assert f'id="{ledger.cell_anchor("index", 2)}"' in html, "the checking cell has no anchor"
     assert f'href="#{ledger.cell_anchor("index", 2)}"' in html
+    table = html[html.index("ledger-table"):]
+    rows = [table.index(f'href="#{anchor}"') for anchor in ("equation-eq-c", "equation-eq-a",
+                                                             "thm-b")]
+    assert rows == sorted(rows), "the table lists the statements in the order the book states them"
 
 
 @pytest.mark.parametrize(

@@ -163,7 +163,8 @@ def ledger_problems(
 
 def _env_data(env: BuildEnvironment) -> dict[str, Any]:
     if not hasattr(env, "ledger_data"):
-        env.ledger_data = {"declarations": {}, "problems": {}, "proofs": {}, "unlabelled": {}}
+        env.ledger_data = {"declarations": {}, "problems": {}, "proofs": {}, "unlabelled": {},
+                           "order": {}}
     return env.ledger_data
 
 
@@ -196,11 +197,14 @@ def _read(app: Sphinx, doctree: nodes.document) -> None:
     for container in doctree.findall(nodes.container):
         if container.get("nb_element") == "cell_code" and container.get("cell_index") in checking:
             container["ids"].append(cell_anchor(docname, container["cell_index"]))
-    proofs, unlabelled = {}, []
+    proofs, unlabelled, order = {}, [], {}
     for node in doctree.findall(nodes.Element):
+        if isinstance(node, nodes.math_block) and node.get("label"):
+            order[node["label"]] = len(order)
         kind = node.get("realtype") if "countertype" in node.attributes else None
         if kind not in CHECKED_PROOF_KINDS:
             continue
+        order[node.get("label", "")] = len(order)
         label = node.get("label", "")
         if re.fullmatch(rf"{kind}-\d+", label):
             unlabelled.append(kind)
@@ -208,6 +212,7 @@ def _read(app: Sphinx, doctree: nodes.document) -> None:
             proofs[label] = kind
     data["proofs"][docname] = proofs
     data["unlabelled"][docname] = unlabelled
+    data["order"][docname] = order  # the statements in the order the chapter states them
 
 
 def statements(env: BuildEnvironment) -> dict[str, tuple[str, str]]:
@@ -292,7 +297,9 @@ class FillLedgerTable(SphinxPostTransform):
             by_label.setdefault(d.label, []).append(d)
         titles = {docname: env.titles[docname].astext() for docname in env.titles}
         order = {docname: i for i, docname in enumerate(_doc_order(env))}
-        rows = sorted(found.items(), key=lambda kv: (order.get(kv[1][0], 1 << 30), kv[0]))
+        within = _env_data(env)["order"]
+        rows = sorted(found.items(), key=lambda kv: (
+            order.get(kv[1][0], 1 << 30), within.get(kv[1][0], {}).get(kv[0], 1 << 30), kv[0]))
         kinds = {"cell": 0, "test": 0, "definition": 0}
         table = nodes.table(classes=["ledger-table"])
         group = nodes.tgroup(cols=4)
