@@ -67,11 +67,11 @@ pdf: $(STAMP) $(MATHJAX)
 	BNCOURSE_NB_EXECUTION=off $(VENV)/bin/jupyter-book build . --builder singlehtml -n --keep-going
 	$(PY) book/_ext/course_pdf.py _build/singlehtml $(PDF)
 
-test: $(STAMP)
+test: $(STAMP) $(MATHJAX)
 	$(PY) -m pytest tests --ignore=tests/browser $(NOTEBOOKS) --nbval --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
 
-unit: $(STAMP)
+unit: $(STAMP) $(MATHJAX)
 	$(PY) -m pytest tests --ignore=tests/browser -p no:cacheprovider
 
 nbval: $(STAMP)
