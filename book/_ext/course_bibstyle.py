@@ -17,27 +17,10 @@ from pybtex.plugin import register_plugin
 from pybtex.style.formatting.plain import Style as PlainStyle
 from pybtex.style.labels import BaseLabelStyle
 
+from bncourse.authoring import author_year  # the same labels as the student kit's citations
+
 _URL = re.compile(r",?\s*\\url\s*\{([^}]*)\}")
 _ARXIV_NOTE = re.compile(r"^\s*arXiv:\s*(\d{4}\.\d{4,5}(?:v\d+)?)\s*\.?\s*$", re.IGNORECASE)
-
-
-def _last_name(person) -> str:
-    return " ".join(person.prelast_names + person.last_names).replace("{", "").replace("}", "")
-
-
-def author_year(entry) -> str:
-    """``"Ioffe and Szegedy 2015"`` for an entry's authors (or editors) and year."""
-    people = entry.persons.get("author") or entry.persons.get("editor") or []
-    names = [_last_name(person) for person in people]
-    if not names:
-        who = entry.fields.get("organization") or entry.key
-    elif len(names) == 1:
-        who = names[0]
-    elif len(names) == 2:
-        who = f"{names[0]} and {names[1]}"
-    else:
-        who = f"{names[0]} et al."
-    return f"{who} {entry.fields.get('year', 'n.d.')}"
 
 
 class AuthorYearLabels(BaseLabelStyle):
