@@ -163,17 +163,9 @@ def running_mean_trajectories(
     :class:`bncourse.BatchNorm` (running mean starts at 0); every momentum sees the same
     batches. Row ``i``, column ``k-1`` is $\\hat\\mu_k$ for ``momenta[i]``.
     """
-    gen = torch.Generator().manual_seed(seed)
-    data = true_mean + true_std * torch.randn(
-        n_batches, batch_size, 1, generator=gen, dtype=torch.float64
-    )
-    out = np.empty((len(momenta), n_batches))
-    for i, momentum in enumerate(momenta):
-        layer = BatchNorm(1, momentum=momentum, dtype=torch.float64)
-        for k in range(n_batches):
-            layer(data[k])
-            out[i, k] = float(layer.running_mean[0])
-    return out
+    means, _ = running_stat_trajectories(momenta, true_mean=true_mean, true_std=true_std,
+                                         batch_size=batch_size, n_batches=n_batches, seed=seed)
+    return means
 
 
 def running_stat_trajectories(

@@ -80,6 +80,15 @@ def _missing_gamma(dy, x, gamma, eps):
     return _reference_backward(dy, x, np.ones_like(gamma), eps)
 
 
+def _compact_with(dy, x, gamma, axes, m, mean, inv_std):
+    """The compact backward with given axes, count and statistics (the wrong ones, below)."""
+    x_hat = (x - mean) * inv_std
+    g = gamma.reshape(channel_shape(x.ndim, x.shape[1]))
+    dx = g * inv_std / m * (m * dy - dy.sum(axis=axes, keepdims=True)
+                             - x_hat * (dy * x_hat).sum(axis=axes, keepdims=True))
+    return dx, (dy * x_hat).sum(axis=axes), dy.sum(axis=axes)
+
+
 def _axes_by_rank(dy, x, gamma, eps):
     # Axes chosen for the two common ranks only: right for (N, C) and (N, C, H, W), wrong for
     # a sequence (N, C, L), where axis 2 (the positions) is left out of every sum.
@@ -87,13 +96,7 @@ def _axes_by_rank(dy, x, gamma, eps):
     m = int(np.prod([x.shape[a] for a in axes]))
     mean = x.mean(axis=axes, keepdims=True)
     inv_std = 1.0 / np.sqrt(x.var(axis=axes, keepdims=True) + eps)
-    x_hat = (x - mean) * inv_std
-    g = gamma.reshape(channel_shape(x.ndim, x.shape[1]))
-    dbeta = dy.sum(axis=axes)
-    dgamma = (dy * x_hat).sum(axis=axes)
-    dx = g * inv_std / m * (m * dy - dy.sum(axis=axes, keepdims=True)
-                             - x_hat * (dy * x_hat).sum(axis=axes, keepdims=True))
-    return dx, dgamma, dbeta
+    return _compact_with(dy, x, gamma, axes, m, mean, inv_std)
 
 
 def _bessel_corrected(dy, x, gamma, eps):
@@ -106,13 +109,7 @@ def _bessel_corrected(dy, x, gamma, eps):
     var = (centred**2).sum(axis=axes, keepdims=True) / (m - 1) if m > 1 else np.full_like(
         mean, np.nan)
     inv_std = 1.0 / np.sqrt(var + eps)
-    x_hat = (x - mean) * inv_std
-    g = gamma.reshape(channel_shape(x.ndim, x.shape[1]))
-    dbeta = dy.sum(axis=axes)
-    dgamma = (dy * x_hat).sum(axis=axes)
-    dx = g * inv_std / m * (m * dy - dy.sum(axis=axes, keepdims=True)
-                             - x_hat * (dy * x_hat).sum(axis=axes, keepdims=True))
-    return dx, dgamma, dbeta
+    return _compact_with(dy, x, gamma, axes, m, mean, inv_std)
 
 
 def _sums_over_channels(dy, x, gamma, eps):
