@@ -321,7 +321,7 @@ def placement_experiment(
         for seed in seeds:
             for placement in placements:
                 model = make_mlp(in_features, width, depth, classes, placement=placement,
-                                 seed=seed, dtype=torch.float32)
+                                 seed=seed, dtype=data.x_train.dtype)
                 train(model, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                       progress=False, threads=None)
                 results[placement].append(100.0 * accuracy(model, data.x_test, data.y_test))
@@ -387,7 +387,7 @@ def unit_input_over_training(
         raise ValueError("every and epochs must be positive")
     data = _digits(data)
     model = make_mlp(data.x_train.shape[1], width, depth, int(data.y_train.max()) + 1,
-                     placement=placement, seed=seed, dtype=torch.float32)
+                     placement=placement, seed=seed, dtype=data.x_train.dtype)
     probe = data.x_test[:probe_size]
 
     def measure() -> np.ndarray:

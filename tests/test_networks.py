@@ -191,7 +191,7 @@ def test_unit_trace_records_percentiles_of_the_last_relu_input(digits):
     assert trace.percentiles.shape == (trace.steps.size, 3)
     assert np.all(np.diff(trace.percentiles, axis=1) >= 0), "percentiles out of order"
     # At step 0 the BN output of a fresh layer (gamma 1, beta 0) is standardized on the probe.
-    model = make_mlp(64, 64, 3, 10, placement="before", seed=0, dtype=torch.float32)
+    model = make_mlp(64, 64, 3, 10, placement="before", seed=0, dtype=digits.x_train.dtype)
     records = bn_activations(model.train(), digits.x_test[:500])
     want = np.percentile(records[-1][1][:, 3], [15, 50, 85])
     np.testing.assert_allclose(trace.percentiles[0], want, rtol=1e-5, atol=1e-6)

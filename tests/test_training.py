@@ -216,8 +216,8 @@ def test_drift_while_frozen_shows_the_pitfall_and_the_fix(data):
     model = make_mlp((16,), seed=4)
     train(model, data, epochs=2, seed=4, progress=False)
     shifted = 0.5 * data.x_train + 1.0
-    naive = drift_while_frozen(model, shifted, data.x_test, data.y_test, steps=10)
-    frozen = drift_while_frozen(model, shifted, data.x_test, data.y_test, steps=10,
+    naive = drift_while_frozen(model, shifted, data.x_test, data.y_test, steps=20)
+    frozen = drift_while_frozen(model, shifted, data.x_test, data.y_test, steps=20,
                                 how="freeze_batch_norm")
     assert naive.drift[0] == 0.0 and naive.drift[-1] > 0.2, f"naive drift: {naive.drift}"
     assert np.all(frozen.drift == 0.0), f"frozen drift: {frozen.drift}"
