@@ -50,8 +50,21 @@ def _notebook(cells):
     }
 
 
+# A 1x1 PNG: MyST-NB wraps a code cell's image output in a figure when the cell names one.
+PIXEL = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJ"
+         "RU5ErkJggg==")
+
+
+def _figure_cell(source, name, ledger_meta=None):
+    cell = _cell("code", source, ledger_meta)
+    cell["metadata"]["mystnb"] = {"figure": {"name": name, "caption": "B rises with A."}}
+    cell["outputs"] = [{"output_type": "display_data", "metadata": {},
+                        "data": {"image/png": PIXEL, "text/plain": "<Figure>"}}]
+    return cell
+
+
 def _project(tmp_path: Path, *, declare_a=True, declare_c=True, assert_in_cell=True,
-             extra_label=None) -> Path:
+             extra_label=None, figure_check="cell") -> Path:
     src = tmp_path / "src"
     (src / "fixture_tests").mkdir(parents=True)
     (src / "conf.py").write_text(CONF)
@@ -65,8 +78,14 @@ def _project(tmp_path: Path, *, declare_a=True, declare_c=True, assert_in_cell=T
               {"defines": ["eq-c"]} if declare_c else None),
         _cell("markdown", "$$\na = b\n$$ (eq-a)\n\n```{prf:theorem}\n:label: thm-b\n\nA.\n```\n"),
         _cell("code", check, {"verifies": verifies} if verifies else None),
+        _figure_cell("b = [1, 2]\nassert b[1] > b[0]", "fig-rise",
+                     {"verifies": ["fig-rise"]} if figure_check == "cell" else None),
         _cell("markdown", "```{verification-ledger}\n```\n"),
     ]
+    if figure_check == "test":
+        (src / "fixture_tests" / "test_figure.py").write_text(
+            "import pytest\n\n@pytest.mark.verifies('fig-rise')\ndef test_rise():\n"
+            "    assert 2 > 1\n")
     (src / "index.ipynb").write_text(json.dumps(_notebook(cells)))
     return src
 
@@ -97,14 +116,16 @@ def test_a_complete_ledger_builds_without_warnings(complete_build):
 def test_the_ledger_table_links_every_statement_to_its_check(complete_build):
     _, _, page = complete_build
     html = page.read_text()
-    assert "3 labelled statements" in html
+    assert "3 labelled statements and 1 figures" in html
     assert "fixture_tests/test_fixture.py::test_b" in html
     assert f'id="{ledger.cell_anchor("index", 2)}"' in html, "the checking cell has no anchor"
     assert f'href="#{ledger.cell_anchor("index", 2)}"' in html
     table = html[html.index("ledger-table"):]
     rows = [table.index(f'href="#{anchor}"') for anchor in ("equation-eq-c", "equation-eq-a",
-                                                             "thm-b")]
+                                                             "thm-b", "fig-rise")]
     assert rows == sorted(rows), "the table lists the statements in the order the book states them"
+    assert f'href="#{ledger.cell_anchor("index", 3)}"' in html, "the figure's check is not linked"
+    assert "Fig. 1" in table, "the figure is named by its number"
 
 
 @pytest.mark.parametrize(
@@ -114,6 +135,8 @@ def test_the_ledger_table_links_every_statement_to_its_check(complete_build):
         ({"declare_c": False}, "'eq-c' names no check"),
         ({"assert_in_cell": False}, "asserts nothing"),
         ({"extra_label": "eq-missing"}, "'eq-missing', which is not the label"),
+        ({"figure_check": "none"}, "'fig-rise' names no check"),
+        ({"figure_check": "test"}, "the figure 'fig-rise' must be checked by an asserting cell"),
     ],
 )
 def test_removing_or_breaking_one_declaration_warns(tmp_path, change, message):

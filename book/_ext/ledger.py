@@ -1,8 +1,9 @@
 """The verification ledger: every labelled statement of the book names the check that proves it.
 
-A *statement* is a labelled display equation (``$$ ... $$ (eq-label)``) or a
+A *statement* is a labelled display equation (``$$ ... $$ (eq-label)``), a
 ``prf:theorem``, ``prf:proposition``, ``prf:lemma`` or ``prf:corollary`` (these must carry a
-``:label:``). A statement is declared in one of three ways (CONTRIBUTING.md):
+``:label:``), or a named figure (a figure states a finding in its caption, so the finding is
+checked like an equation). A statement is declared in one of three ways (CONTRIBUTING.md):
 
 * an executed check: a notebook code cell whose metadata holds
   ``"ledger": {"verifies": [labels]}``; the cell must assert (``assert`` or
@@ -11,8 +12,9 @@ A *statement* is a labelled display equation (``$$ ... $$ (eq-label)``) or a
 * a definition: a notebook markdown cell whose metadata holds ``"ledger": {"defines": [labels]}``.
 
 At the end of reading, a statement without a declaration, a declaration naming a label that
-no statement has, a checking cell that asserts nothing and an unlabelled theorem-like
-statement are each a warning (fatal under ``-W``). The ``{verification-ledger}`` directive
+no statement has, a checking cell that asserts nothing, an unlabelled theorem-like statement,
+an unnamed figure and a figure checked otherwise than by an asserting cell of its own chapter
+are each a warning (fatal under ``-W``). The ``{verification-ledger}`` directive
 (on ``book/verification.md``) becomes a table: one row per statement, with its number and a
 link to it, the kind of check and a link to each checking cell or the test's name.
 """
@@ -164,7 +166,7 @@ def ledger_problems(
 def _env_data(env: BuildEnvironment) -> dict[str, Any]:
     if not hasattr(env, "ledger_data"):
         env.ledger_data = {"declarations": {}, "problems": {}, "proofs": {}, "unlabelled": {},
-                           "order": {}}
+                           "order": {}, "figures": {}}
     return env.ledger_data
 
 
@@ -197,10 +199,17 @@ def _read(app: Sphinx, doctree: nodes.document) -> None:
     for container in doctree.findall(nodes.container):
         if container.get("nb_element") == "cell_code" and container.get("cell_index") in checking:
             container["ids"].append(cell_anchor(docname, container["cell_index"]))
-    proofs, unlabelled, order = {}, [], {}
+    proofs, unlabelled, order, figures = {}, [], {}, []
     for node in doctree.findall(nodes.Element):
         if isinstance(node, nodes.math_block) and node.get("label"):
             order[node["label"]] = len(order)
+        if isinstance(node, nodes.figure):
+            if node.get("names"):
+                figures.append(node["names"][0])
+                order[node["names"][0]] = len(order)
+            else:
+                unlabelled.append("figure")
+            continue
         kind = node.get("realtype") if "countertype" in node.attributes else None
         if kind not in CHECKED_PROOF_KINDS:
             continue
@@ -211,6 +220,7 @@ def _read(app: Sphinx, doctree: nodes.document) -> None:
         else:
             proofs[label] = kind
     data["proofs"][docname] = proofs
+    data["figures"][docname] = figures
     data["unlabelled"][docname] = unlabelled
     data["order"][docname] = order  # the statements in the order the chapter states them
 
@@ -223,7 +233,31 @@ def statements(env: BuildEnvironment) -> dict[str, tuple[str, str]]:
     for docname, proofs in _env_data(env)["proofs"].items():
         for label, kind in proofs.items():
             found[label] = (docname, kind)
+    for docname, figures in _env_data(env)["figures"].items():
+        for label in figures:
+            found[label] = (docname, "figure")
     return found
+
+
+def figure_problems(
+    statements: dict[str, tuple[str, str]], declarations: list[Declaration]
+) -> list[str]:
+    """Figures whose finding is not asserted by an executed cell of their own chapter.
+
+    A figure is drawn from its chapter's data, so a test elsewhere, or a definition, cannot
+    check what its caption says about that data.
+    """
+    problems = []
+    for label, (docname, kind) in sorted(statements.items()):
+        if kind != "figure":
+            continue
+        checks = [d for d in declarations if d.label == label]
+        if checks and not any(d.kind == "cell" and d.docname == docname for d in checks):
+            problems.append(f"{docname}: the figure '{label}' must be checked by an asserting "
+                            f"cell of its chapter (its caption states a finding of the "
+                            f"chapter's data), not only by "
+                            f"{', '.join(sorted({d.kind for d in checks}))}")
+    return problems
 
 
 def all_declarations(app: Sphinx) -> list[Declaration]:
@@ -241,9 +275,11 @@ def _check(app: Sphinx, env: BuildEnvironment) -> None:
             logger.warning(problem, type="ledger", location=docname)
     for docname in sorted(data["unlabelled"]):
         for kind in data["unlabelled"][docname]:
-            logger.warning(f"a prf:{kind} has no :label:, so the ledger cannot name its check",
+            what = "a figure has no name" if kind == "figure" else f"a prf:{kind} has no :label:"
+            logger.warning(f"{what}, so the ledger cannot name its check",
                            type="ledger", location=docname)
-    for problem in ledger_problems(statements(env), all_declarations(app)):
+    found, declarations = statements(env), all_declarations(app)
+    for problem in ledger_problems(found, declarations) + figure_problems(found, declarations):
         logger.warning(problem, type="ledger")
 
 
@@ -264,6 +300,11 @@ class VerificationLedgerDirective(SphinxDirective):
 
 
 def _statement_ref(label: str, kind: str) -> nodes.Node:
+    if kind == "figure":
+        ref = pending_xref("", refdomain="std", reftype="numref", reftarget=label,
+                           refexplicit=False, refwarn=True)
+        ref += nodes.literal(label, label)
+        return ref
     if kind == "equation":
         ref = pending_xref("", refdomain="math", reftype="eq", reftarget=label,
                            refexplicit=False, refwarn=True)
@@ -343,10 +384,12 @@ class FillLedgerTable(SphinxPostTransform):
                 entry += cell_content
                 row += entry
             body += row
+        n_figures = sum(1 for _, (_, kind) in rows if kind == "figure")
         summary = nodes.paragraph(text=(
-            f"{len(rows)} labelled statements: {kinds['cell']} checked by an executed cell of "
-            f"their chapter, {kinds['test']} by a named test, {kinds['definition']} declared "
-            f"as definitions (a statement may have several checks)."
+            f"{len(rows) - n_figures} labelled statements and {n_figures} figures: "
+            f"{kinds['cell']} checked by an executed cell of their chapter, {kinds['test']} by "
+            f"a named test, {kinds['definition']} declared as definitions (a statement may "
+            f"have several checks)."
         ))
         for placeholder in tables:
             placeholder.replace_self([summary.deepcopy(), table.deepcopy()])
