@@ -61,20 +61,19 @@ def round_significant(value: float, digits: int) -> float:
 GLUE_DIGITS = 6
 
 
-def glue(name: str, value: Any, *, digits: int | None = GLUE_DIGITS) -> None:
+def glue(name: str, value: Any, *, digits: int = GLUE_DIGITS) -> None:
     """Store ``value`` under ``name`` for the prose (MyST-NB glue, not displayed).
 
     Numbers are stored as plain Python numbers, so ``{glue:text}`name:.3f``` can format
     them. A float is stored rounded to ``digits`` significant digits (six by default; pass
     fewer for a value that is itself noisy, such as a timing): the text shows at most that
     many, and the stored record, which nbval compares, then does not depend on the machine,
-    the BLAS kernel or the thread count. ``digits=None`` keeps every digit (only for a value
-    that is exact, such as a ratio of small integers). Returns None, so that a cell ending in
+    the BLAS kernel or the thread count. Returns None, so that a cell ending in
     ``glue(...)`` shows nothing. Without MyST-NB installed (a student's environment, with
     nothing to glue into) this does nothing.
     """
     value = _plain(value)
-    if isinstance(value, float) and digits is not None:
+    if isinstance(value, float):
         value = round_significant(value, digits)
     try:
         from myst_nb import glue as _myst_glue
