@@ -7,9 +7,11 @@
 * :func:`output_std`: how eps shrinks the output of a low-variance channel.
 * :func:`compare_with_torch`: ``bncourse`` against ``torch.nn.BatchNorm1d/2d`` in float64.
 * :func:`placement_experiment`: BN before or after the ReLU (or none), trained on the digits
-  over a few seeds, with means, standard errors and the paired difference.
+  over a few seeds, with means, standard errors and the paired difference
+  (:func:`bncourse.claims.paired_difference`).
 * :func:`unit_input_over_training`: percentiles of one unit's pre-activation on a fixed batch
-  over the training steps, with or without BN: internal covariate shift, measured.
+  over the training steps, with or without BN: internal covariate shift, measured; and
+  :func:`layer_drift`, how far a whole layer's medians moved, on three scales.
 
 Everything is seeded, so the same call gives the same numbers on every machine.
 """
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .claims import Estimate, paired_difference
 from .functional import batch_norm_forward, batch_norm_inference, reduction_axes
 from .layer import BatchNorm
 
@@ -39,6 +42,8 @@ __all__ = [
     "per_channel_moments",
     "PlacementResult",
     "placement_experiment",
+    "LayerDrift",
+    "layer_drift",
     "UnitTrace",
     "unit_input_over_training",
 ]
@@ -280,10 +285,15 @@ class PlacementResult:
         """Standard error of that mean, in percentage points."""
         return _standard_error(self.accuracy[placement])
 
-    def difference(self, first: str = "before", second: str = "after") -> tuple[float, float]:
-        """Mean and standard error of the paired difference ``first - second`` over seeds."""
-        d = self.accuracy[first] - self.accuracy[second]
-        return float(d.mean()), _standard_error(d)
+    def difference(self, first: str = "before", second: str = "after") -> Estimate:
+        """The paired difference ``first - second`` over the seeds, in percentage points.
+
+        Mean, standard error, count and 95% interval
+        (:func:`bncourse.claims.paired_difference`): the seeds pair the runs, since both
+        placements of one seed start from the same linear weights and see the same batches.
+        """
+        return paired_difference(self.accuracy[first], self.accuracy[second],
+                                 what=f"test accuracy, {first} minus {second}")
 
 
 def placement_experiment(
@@ -329,24 +339,56 @@ def placement_experiment(
 
 
 @dataclass(frozen=True)
+class LayerDrift:
+    r"""How far the medians of a layer's units moved between two records, on three scales.
+
+    Each field is a mean over the units of the layer. ``median_shift`` is
+    $|\mathrm{median}_{\text{last}} - \mathrm{median}_{\text{first}}|$ in the units of the
+    values; ``initial_range`` and ``final_range`` are the distances between the 15th and
+    85th percentiles in the first and the last record; ``shift_in_initial_ranges`` and
+    ``shift_in_final_ranges`` are each unit's shift divided by its own range, then averaged.
+    Which scale is fair matters: a layer that starts with an almost collapsed signal has a
+    tiny initial range, and a shift measured in it looks large.
+    """
+
+    median_shift: float
+    initial_range: float
+    final_range: float
+    shift_in_initial_ranges: float
+    shift_in_final_ranges: float
+
+
+def layer_drift(first: np.ndarray, last: np.ndarray) -> LayerDrift:
+    """:class:`LayerDrift` between two records of shape ``(examples, units)``."""
+    first, last = np.asarray(first, dtype=np.float64), np.asarray(last, dtype=np.float64)
+    if first.ndim != 2 or first.shape[1:] != last.shape[1:]:
+        raise ValueError(f"give two records of shape (examples, units) with the same units; "
+                         f"got {first.shape} and {last.shape}")
+    q_first = np.percentile(first, [15.0, 50.0, 85.0], axis=0)
+    q_last = np.percentile(last, [15.0, 50.0, 85.0], axis=0)
+    shift = np.abs(q_last[1] - q_first[1])
+    range_first, range_last = q_first[2] - q_first[0], q_last[2] - q_last[0]
+    return LayerDrift(
+        median_shift=float(shift.mean()),
+        initial_range=float(range_first.mean()),
+        final_range=float(range_last.mean()),
+        shift_in_initial_ranges=float(np.mean(shift / range_first)),
+        shift_in_final_ranges=float(np.mean(shift / range_last)),
+    )
+
+
+@dataclass(frozen=True)
 class UnitTrace:
     """``percentiles[k]`` of one unit's pre-activation on a fixed batch after ``steps[k]``
-    optimizer steps; ``levels`` are the percentile levels (columns); ``layer_drift`` is the
-    layer-wide median shift of :func:`unit_input_over_training`."""
+    optimizer steps; ``levels`` are the percentile levels (columns); ``drift`` is the
+    :class:`LayerDrift` of the whole layer from the first record to the last."""
 
     placement: str
     unit: int
     levels: tuple[float, ...]
     steps: np.ndarray
     percentiles: np.ndarray
-    layer_drift: float
-
-
-def _layer_drift(first: np.ndarray, last: np.ndarray) -> float:
-    """Mean over units of |median(last) - median(first)| / (p85 - p15)(first)."""
-    q_first = np.percentile(first, [15.0, 50.0, 85.0], axis=0)
-    q_last = np.percentile(last, 50.0, axis=0)
-    return float(np.mean(np.abs(q_last - q_first[1]) / (q_first[2] - q_first[0])))
+    drift: LayerDrift
 
 
 def unit_input_over_training(
@@ -371,9 +413,11 @@ def unit_input_over_training(
     with BN before the ReLU (``placement="before"``). It is measured every ``every`` steps
     on a fixed probe batch (the first ``probe_size`` test images, never trained on), in
     training mode on a copy of the network, so the measurement leaves the running
-    statistics alone. ``layer_drift`` is how far the median moved from the first record to
-    the last, in units of the initial distance between the 15th and 85th percentiles,
-    averaged over every unit of that layer.
+    statistics alone. With BN this means that on the probe batch each unit has mean $\beta$
+    and standard deviation $|\gamma|\,\sigma_B/\sqrt{\sigma_B^2+\epsilon}$ by construction,
+    whatever the layers before do: only $\gamma$, $\beta$ and the shape of the distribution
+    can move. ``drift`` is :func:`layer_drift` of every unit of that layer between the first
+    record and the last.
     """
     import copy
 
@@ -399,10 +443,10 @@ def unit_input_over_training(
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(seed)
-    steps, records = [0], [measure()]
-    first = records[0]
     step = 0
     with torch_threads(threads):
+        steps, records = [0], [measure()]
+        first = records[0]
         model.train()
         for _ in range(epochs):
             for xb, yb in minibatches(data.x_train, data.y_train, batch_size, generator):
@@ -415,4 +459,4 @@ def unit_input_over_training(
                     records.append(measure())
     pct = np.array([np.percentile(r[:, unit], levels) for r in records])
     return UnitTrace(placement, unit, tuple(float(v) for v in levels), np.array(steps), pct,
-                     _layer_drift(first, records[-1]))
+                     layer_drift(first, records[-1]))

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from bncourse import BatchNorm
 from bncourse.exercises import EXERCISES, NOT_ATTEMPTED, PASSED, check, formula
 from bncourse.functional import batch_norm_forward, reduction_axes
-from bncourse.networks import UnitTrace, batch_dependence, output_std
+from bncourse.networks import LayerDrift, UnitTrace, batch_dependence, output_std
 from bncourse.plotting import MAX_WIDTH, plt
 from bncourse.plotting.transform import (
     plot_batch_dependence,
@@ -107,7 +107,8 @@ def _texts(fig: Figure) -> list[str]:
 def _trace(placement: str) -> UnitTrace:
     steps = np.arange(0, 50, 5)
     pct = np.sort(np.random.default_rng(1).normal(size=(steps.size, 3)), axis=1)
-    return UnitTrace(placement, 0, (15.0, 50.0, 85.0), steps, pct, 0.5)
+    return UnitTrace(placement, 0, (15.0, 50.0, 85.0), steps, pct,
+                     LayerDrift(0.5, 1.0, 2.0, 0.5, 0.25))
 
 
 def test_figures_have_titles_labelled_axes_and_fit_the_page():

@@ -17,6 +17,7 @@ from bncourse.networks import (
     batch_dependence,
     bn_activations,
     compare_with_torch,
+    layer_drift,
     make_mlp,
     output_std,
     per_channel_moments,
@@ -165,9 +166,12 @@ def test_placement_experiment_pairs_seeds_and_reports_standard_errors(digits):
         acc = result.accuracy[placement]
         assert acc.shape == (2,) and np.all((acc >= 0) & (acc <= 100))
         assert result.stderr(placement) == pytest.approx(np.std(acc, ddof=1) / np.sqrt(2))
-    mean, se = result.difference("before", "after")
+    estimate = result.difference("before", "after")
     d = result.accuracy["before"] - result.accuracy["after"]
-    assert mean == pytest.approx(d.mean()) and se == pytest.approx(np.std(d, ddof=1) / np.sqrt(2))
+    assert estimate.n == 2
+    assert estimate.mean == pytest.approx(d.mean())
+    assert estimate.se == pytest.approx(np.std(d, ddof=1) / np.sqrt(2))
+    assert estimate.low <= estimate.mean <= estimate.high
     again = placement_experiment(digits, placements=("before",), seeds=(0, 1), epochs=1, width=16)
     np.testing.assert_array_equal(again.accuracy["before"], result.accuracy["before"])
 
@@ -198,20 +202,32 @@ def test_unit_trace_records_percentiles_of_the_last_relu_input(digits):
 
 
 def test_without_bn_a_unit_input_drifts_far_more_than_with_bn(digits):
-    plain = unit_input_over_training(digits, placement="none", epochs=2)
-    with_bn = unit_input_over_training(digits, placement="before", epochs=2)
-    assert plain.layer_drift > 5 * with_bn.layer_drift, (plain.layer_drift, with_bn.layer_drift)
+    plain = unit_input_over_training(digits, placement="none", epochs=2).drift
+    with_bn = unit_input_over_training(digits, placement="before", epochs=2).drift
+    # On every scale, the fair one (the final spread) included.
+    assert plain.median_shift > 3 * with_bn.median_shift, (plain, with_bn)
+    assert plain.shift_in_final_ranges > 2 * with_bn.shift_in_final_ranges, (plain, with_bn)
+    assert plain.shift_in_initial_ranges > 20 * with_bn.shift_in_initial_ranges, (plain, with_bn)
     with pytest.raises(ValueError, match="placement"):
         unit_input_over_training(digits, placement="after")
     with pytest.raises(ValueError, match="unit"):
         unit_input_over_training(digits, unit=64)
 
 
-def test_layer_drift_measures_median_shift_in_initial_15_85_ranges():
-    from bncourse.networks import _layer_drift
-
+def test_layer_drift_measures_median_shift_absolute_and_in_15_85_ranges():
     first = np.random.default_rng(0).normal(size=(1000, 4)) * np.array([1.0, 2.0, 0.5, 3.0])
+    first -= np.median(first, axis=0)                     # every median at 0
     spread = np.percentile(first, 85, axis=0) - np.percentile(first, 15, axis=0)
-    assert _layer_drift(first, first) == 0.0
-    assert _layer_drift(first, first + 2.0 * spread) == pytest.approx(2.0)
-    assert _layer_drift(first, 5.0 * first) < 0.1, "a pure rescaling about 0 barely moves medians"
+    still = layer_drift(first, first)
+    assert still.median_shift == 0.0 and still.shift_in_initial_ranges == 0.0
+    assert still.initial_range == still.final_range == pytest.approx(spread.mean())
+    moved = layer_drift(first, first + 2.0 * spread)       # each median moves by 2 ranges
+    assert moved.median_shift == pytest.approx(2.0 * spread.mean())
+    assert moved.shift_in_initial_ranges == pytest.approx(2.0)
+    assert moved.shift_in_final_ranges == pytest.approx(2.0)
+    widened = layer_drift(first, 5.0 * first + spread)     # moved by 1 initial range, 5x wider
+    assert widened.shift_in_initial_ranges == pytest.approx(1.0)
+    assert widened.shift_in_final_ranges == pytest.approx(0.2)
+    assert widened.final_range == pytest.approx(5.0 * widened.initial_range)
+    with pytest.raises(ValueError, match="units"):
+        layer_drift(first, first[:, :3])
