@@ -9,12 +9,20 @@ r"""Scale invariance of batch normalization, its gradients, and Jacobians of BN'
 * $J J^T$ of one BN'd layer under whitened inputs (:func:`whiten`, :func:`bn_layer_jacobian`),
   and gradients and input-output Jacobians of deep MLPs with and without BN, plain or
   residual, at initialization (:func:`gradient_norms_by_depth`, :func:`input_output_jacobian`).
+* Why the gradient of a plain BN network grows with depth: the gain per layer
+  $G = \sqrt{\mathbb E[\phi'(z)^2] / \operatorname{Var}\phi(z)}$, $z \sim \mathcal N(0, 1)$
+  (:func:`layer_gain`), against the growth measured over a depth sweep
+  (:func:`growth_per_layer`, :func:`log_linear_fit`), with the batch statistics in the backward
+  pass or detached from it; for the residual network, the power of depth that the same
+  reasoning gives (:func:`residual_ratio_mean_field`).
 
 Every function is seeded and works in float64. Nothing here shows progress.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,11 +44,17 @@ __all__ = [
     "equilibrium_angular_update",
     "whiten",
     "bn_layer_jacobian",
+    "INITS",
     "deep_mlp_weights",
     "ARCHITECTURES",
+    "ACTIVATIONS",
     "deep_mlp_forward",
     "gradient_norms_by_depth",
     "input_output_jacobian",
+    "layer_gain",
+    "log_linear_fit",
+    "growth_per_layer",
+    "residual_ratio_mean_field",
 ]
 
 
@@ -301,50 +315,103 @@ def bn_layer_jacobian(x: np.ndarray, w: np.ndarray, eps: float = 0.0) -> np.ndar
 # --------------------------------------------------------------------------------------
 
 
-def deep_mlp_weights(depth: int, width: int, seed: int = 0) -> list[Tensor]:
-    r"""``depth`` square weights with He initialization, entries $\mathcal N(0, 2/\text{width})$."""
+INITS = ("gaussian", "orthogonal")
+
+
+def deep_mlp_weights(
+    depth: int, width: int, seed: int = 0, init: str = "gaussian"
+) -> list[Tensor]:
+    r"""``depth`` square weights of the same second moment as He initialization.
+
+    * ``"gaussian"``: entries $\mathcal N(0, 2/\text{width})$ (He initialization).
+    * ``"orthogonal"``: $\sqrt 2\,Q$ with $Q$ a random orthogonal matrix (the Q factor of
+      the same Gaussian draws, signs fixed so that it is uniformly distributed): the rows are
+      orthogonal, each of norm $\sqrt 2$.
+    """
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}; got {init!r}")
     g = torch.Generator().manual_seed(seed)
-    return [
-        torch.randn(width, width, generator=g, dtype=torch.float64) * (2.0 / width) ** 0.5
-        for _ in range(depth)
-    ]
+    weights = []
+    for _ in range(depth):
+        a = torch.randn(width, width, generator=g, dtype=torch.float64)
+        if init == "orthogonal":
+            q, r = torch.linalg.qr(a)
+            weights.append(q * torch.sign(torch.diagonal(r)) * 2.0**0.5)
+        else:
+            weights.append(a * (2.0 / width) ** 0.5)
+    return weights
 
 
 ARCHITECTURES = ("plain", "residual")
 
 
+def _identity(z: Tensor) -> Tensor:
+    return z
+
+
+#: The nonlinearities $\phi$ of the deep networks, by name.
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": torch.relu,
+    "tanh": torch.tanh,
+    "linear": _identity,
+}
+
+
+def _detached_batch_norm(z: Tensor, eps: float) -> Tensor:
+    r"""$(z - \mu_B)/\sqrt{\sigma_B^2 + \epsilon}$ with $\mu_B, \sigma_B^2$ constants for autograd.
+
+    The same operations as :func:`bncourse.layer.staged_batch_norm` (so the forward values
+    are identical), but the backward pass treats the batch statistics as constants: no
+    gradient flows from one example to another through them.
+    """
+    mean = z.mean(dim=0, keepdim=True).detach()
+    centred = z - mean
+    var = (centred * centred).mean(dim=0, keepdim=True).detach()
+    return centred / torch.sqrt(var + eps)
+
+
 def deep_mlp_forward(
     x: Tensor, weights: list[Tensor], use_bn: bool, eps: float = 1e-5,
-    architecture: str = "plain",
+    architecture: str = "plain", activation: str = "relu", detach_statistics: bool = False,
 ) -> list[Tensor]:
     r"""The activations $h_0 = x, h_1, \dots, h_L$ of a deep MLP, as a list.
 
-    * ``"plain"``: $h_l = \mathrm{ReLU}(\mathrm{BN}(h_{l-1} W_l^T))$, and $h_L$ without the
-      ReLU; no skip connections.
-    * ``"residual"``: $h_l = h_{l-1} + \mathrm{ReLU}(\mathrm{BN}(h_{l-1}))\, W_l^T$, the
+    * ``"plain"``: $h_l = \phi(\mathrm{BN}(h_{l-1} W_l^T))$, and $h_L = \mathrm{BN}(h_{L-1}
+      W_L^T)$ without $\phi$; no skip connections.
+    * ``"residual"``: $h_l = h_{l-1} + \phi(\mathrm{BN}(h_{l-1}))\, W_l^T$, the
       pre-activation residual block, with BN at the start of each residual branch.
 
-    BN (training mode, $\gamma = 1$, $\beta = 0$) is left out when ``use_bn`` is False.
+    $\phi$ is ``activation`` (a key of :data:`ACTIVATIONS`). BN (training mode,
+    $\gamma = 1$, $\beta = 0$) is left out when ``use_bn`` is False. With
+    ``detach_statistics`` the forward pass is the same, but the backward pass holds the batch
+    mean and variance fixed (:func:`_detached_batch_norm`): the examples are not coupled.
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"architecture must be one of {ARCHITECTURES}; got {architecture!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}; got {activation!r}")
     if not weights:
         raise ValueError("weights is empty: a network needs at least one layer")
+    phi = ACTIVATIONS[activation]
     hs = [x]
     width = weights[0].shape[0]
     ones = torch.ones(width, dtype=x.dtype)
     zeros = torch.zeros(width, dtype=x.dtype)
 
     def norm(z: Tensor) -> Tensor:
-        return staged_batch_norm(z, ones, zeros, eps) if use_bn else z
+        if not use_bn:
+            return z
+        if detach_statistics:
+            return _detached_batch_norm(z, eps)
+        return staged_batch_norm(z, ones, zeros, eps)
 
     for layer, w in enumerate(weights, start=1):
         h = hs[-1]
         if architecture == "residual":
-            hs.append(h + torch.relu(norm(h)) @ w.T)
+            hs.append(h + phi(norm(h)) @ w.T)
         else:
             z = norm(h @ w.T)
-            hs.append(torch.relu(z) if layer < len(weights) else z)
+            hs.append(phi(z) if layer < len(weights) else z)
     return hs
 
 
@@ -360,16 +427,19 @@ def _input_batch(width: int, batch: int, seed: int) -> Tensor:
 
 def gradient_norms_by_depth(
     depth: int, width: int, batch: int, use_bn: bool, seed: int = 0,
-    architecture: str = "plain",
+    architecture: str = "plain", activation: str = "relu", init: str = "gaussian",
+    detach_statistics: bool = False,
 ) -> np.ndarray:
     r"""$\|\partial L/\partial h_l\|_F$ for $l = 0, \dots, L$, where $L = \sum c \odot h_L$.
 
     $c$ is a fixed random readout; the weights, input batch and $c$ come from ``seed``.
-    ``architecture`` is ``"plain"`` or ``"residual"`` (see :func:`deep_mlp_forward`).
+    ``architecture``, ``activation`` and ``detach_statistics`` are those of
+    :func:`deep_mlp_forward`, ``init`` that of :func:`deep_mlp_weights`.
     """
     x = _input_batch(width, batch, seed)
-    hs = deep_mlp_forward(x.requires_grad_(), deep_mlp_weights(depth, width, seed), use_bn,
-                          architecture=architecture)
+    hs = deep_mlp_forward(x.requires_grad_(), deep_mlp_weights(depth, width, seed, init),
+                          use_bn, architecture=architecture, activation=activation,
+                          detach_statistics=detach_statistics)
     loss = (_readout(width, batch, seed) * hs[-1]).sum()
     grads = torch.autograd.grad(loss, hs)
     return np.array([float(gr.norm()) for gr in grads])
@@ -395,3 +465,87 @@ def input_output_jacobian(
 
     jac = torch.autograd.functional.jacobian(f, x, vectorize=True)
     return jac.reshape(batch * width, batch * width).numpy()
+
+
+# --------------------------------------------------------------------------------------
+# Why the gradient grows: the gain per layer, predicted and measured
+# --------------------------------------------------------------------------------------
+
+#: The standard normal density beyond this is below 1e-30: the quadrature stops there.
+_GAUSS_CUTOFF = 12.0
+
+
+def layer_gain(activation: str, nodes: int = 200) -> float:
+    r"""$G = \sqrt{\mathbb E[\phi'(z)^2] / \operatorname{Var}\phi(z)}$, $z \sim \mathcal N(0, 1)$.
+
+    The growth per layer of the gradient norm that mean field theory predicts for a plain
+    network $h_l = \phi(\mathrm{BN}(W_l h_{l-1}))$ at initialization, whatever the variance
+    of the weights. $\phi$ is ``activation`` (a key of :data:`ACTIVATIONS`), $\phi'$ its
+    derivative by autograd; the expectations are integrals against the Gaussian density,
+    computed by Gauss-Legendre quadrature with ``nodes`` points on each of $[-12, 0]$ and
+    $[0, 12]$ (a kink at 0, as ReLU's, falls between the two pieces). $G \ge 1$ by the
+    Gaussian Poincare inequality, with equality only for an affine $\phi$; for ReLU
+    $G = \sqrt{\pi/(\pi - 1)}$.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}; got {activation!r}")
+    t, wt = np.polynomial.legendre.leggauss(nodes)
+    half = _GAUSS_CUTOFF / 2
+    z = np.concatenate([half * (t - 1.0), half * (t + 1.0)])        # [-12, 0] and [0, 12]
+    weight = np.concatenate([wt, wt]) * half * np.exp(-z**2 / 2) / math.sqrt(2 * math.pi)
+    zt = torch.tensor(z, dtype=torch.float64, requires_grad=True)
+    out = ACTIVATIONS[activation](zt)
+    (slope,) = torch.autograd.grad(out.sum(), zt)
+    phi, dphi = out.detach().numpy(), slope.numpy()
+    mean = weight @ phi
+    var = weight @ (phi - mean) ** 2
+    return float(math.sqrt((weight @ dphi**2) / var))
+
+
+def log_linear_fit(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, float]:
+    r"""Least squares $\log y \approx a + b x$: returns $(b, a, R^2)$.
+
+    $R^2$ is the share of the variance of $\log y$ that the line explains (1 for points
+    exactly on a line).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    ly = np.log(np.asarray(y, dtype=np.float64))
+    b, a = np.polyfit(x, ly, 1)
+    resid = ly - (a + b * x)
+    r2 = 1.0 - float(resid @ resid) / float(np.sum((ly - ly.mean()) ** 2))
+    return float(b), float(a), r2
+
+
+def growth_per_layer(
+    depths: Sequence[int], width: int, batch: int, seed: int = 0, **network: object
+) -> tuple[float, float]:
+    r"""The growth per layer of the gradient of plain BN networks, fitted over a depth sweep.
+
+    For each depth $L$ in ``depths`` a network is built (:func:`gradient_norms_by_depth`,
+    plain, with BN, ``network`` passing ``activation``, ``init`` and ``detach_statistics``)
+    and the ratio $\|\partial L/\partial h_0\| / \|\partial L/\partial h_L\|$ is measured;
+    $\log$ ratio $\approx a + L \log r$ is fitted (:func:`log_linear_fit`). Returns
+    $(r, R^2)$: $r$ is the growth per layer, $R^2$ near 1 says the growth is exponential.
+    """
+    ratios = []
+    for depth in depths:
+        g = gradient_norms_by_depth(depth, width, batch, use_bn=True, seed=seed, **network)
+        ratios.append(g[0] / g[-1])
+    slope, _, r2 = log_linear_fit(depths, ratios)
+    return math.exp(slope), r2
+
+
+def residual_ratio_mean_field(depth: int) -> float:
+    r"""$\prod_{l=1}^{L} \sqrt{1 + 1/(1 + c\,(l - 1))}$, $c = 1 - 1/\pi$: the residual network's
+    $\|\partial L/\partial h_0\| / \|\partial L/\partial h_L\|$ by mean field theory.
+
+    For the pre-activation network of :func:`deep_mlp_forward` with ReLU, BN and He
+    initialization ($s^2 = 2$) on an input of unit variance: block $l$ adds to the skip path
+    a branch of variance $s^2 \operatorname{Var}\mathrm{ReLU}(z) = c$, so the stream entering
+    it has variance $1 + c\,(l - 1)$, which the branch's BN divides by; the branch adds
+    $s^2\,\mathbb E[\mathrm{ReLU}'(z)^2] = 1$ over that variance to the squared gradient.
+    For large $L$ the product grows as the power $L^{G^2/2}$, with $G^2 = \pi/(\pi - 1)$
+    (:func:`layer_gain`): a power of the depth, not an exponential.
+    """
+    c = 1.0 - 1.0 / math.pi
+    return math.prod(math.sqrt(1.0 + 1.0 / (1.0 + c * (lay - 1))) for lay in range(1, depth + 1))

@@ -402,6 +402,83 @@ def test_bn_network_ignores_a_common_shift_of_every_example() -> None:
     assert out < 1e-10 * np.abs(jac).max(), f"J applied to a common shift gives {out:.3e}"
 
 
+def test_detached_statistics_keep_the_forward_pass_and_cut_the_coupling() -> None:
+    x = inv._input_batch(6, 10, 1).requires_grad_()
+    ws = inv.deep_mlp_weights(3, 6, seed=1)
+    full = inv.deep_mlp_forward(x, ws, use_bn=True)
+    cut = inv.deep_mlp_forward(x, ws, use_bn=True, detach_statistics=True)
+    for a, b in zip(full, cut, strict=True):
+        assert torch.equal(a, b), "detaching the statistics must not change the forward pass"
+    # With the statistics detached, example 0's output depends on example 0's input only.
+    (g_cut,) = torch.autograd.grad(cut[-1][0].sum(), x)
+    (g_full,) = torch.autograd.grad(full[-1][0].sum(), x)
+    assert g_cut[1:].abs().max() == 0, "a gradient reached other examples through the batch"
+    assert g_full[1:].abs().max() > 1e-3, "with full BN the examples should be coupled"
+
+
+def test_orthogonal_init_has_orthogonal_rows_of_norm_sqrt_two() -> None:
+    for w in inv.deep_mlp_weights(3, 16, seed=5, init="orthogonal"):
+        err = (w @ w.T - 2.0 * torch.eye(16, dtype=torch.float64)).abs().max()
+        assert err < 1e-12, f"W W^T differs from 2 I by {err:.2e}"
+    with pytest.raises(ValueError, match="init"):
+        inv.deep_mlp_weights(2, 4, init="uniform")
+    with pytest.raises(ValueError, match="activation"):
+        inv.deep_mlp_forward(torch.zeros(4, 3), [torch.eye(3)], use_bn=True, activation="gelu")
+
+
+@pytest.mark.verifies("thm-invariance-gain", "eq-invariance-gain")
+def test_layer_gain_matches_closed_forms_and_is_at_least_one() -> None:
+    relu = inv.layer_gain("relu")
+    want = np.sqrt(np.pi / (np.pi - 1))
+    assert abs(relu - want) < 1e-12, f"ReLU's gain {relu!r}, closed form {want!r}"
+    assert abs(inv.layer_gain("linear") - 1) < 1e-12, "the identity's gain is not 1"
+    # tanh: against Monte Carlo, an estimate independent of the quadrature
+    z = np.random.default_rng(0).normal(size=2_000_000)
+    t = np.tanh(z)
+    mc = np.sqrt(np.mean((1 - t**2) ** 2) / np.var(t))
+    assert abs(inv.layer_gain("tanh") / mc - 1) < 2e-3, (inv.layer_gain("tanh"), mc)
+    assert all(inv.layer_gain(a) >= 1 - 1e-12 for a in inv.ACTIVATIONS), "Poincare violated"
+    with pytest.raises(ValueError, match="activation"):
+        inv.layer_gain("softplus")
+
+
+@pytest.mark.verifies("thm-invariance-gain")
+def test_growth_approaches_the_gain_for_a_wide_layer_and_a_large_batch() -> None:
+    """The chapter's batch of 64 and width of 128 sit up to 2.5% above G; here below 1%."""
+    for act in ("relu", "tanh"):
+        rate, r2 = inv.growth_per_layer((10, 30), 512, 256, seed=0, activation=act,
+                                        detach_statistics=True)
+        gap = rate / inv.layer_gain(act) - 1
+        assert abs(gap) < 0.01, f"{act}: growth {rate:.4f} is {gap:.2%} off the gain"
+
+
+def test_plain_bn_growth_survives_detached_statistics_and_orthogonal_rows() -> None:
+    g = inv.layer_gain("relu")
+    for kw in ({}, {"detach_statistics": True}, {"init": "orthogonal"},
+               {"init": "orthogonal", "detach_statistics": True}):
+        rate, r2 = inv.growth_per_layer((5, 10, 20), 64, 32, seed=1, **kw)
+        assert r2 > 0.98 and abs(rate / g - 1) < 0.05, f"{kw}: growth {rate:.4f}, R^2 {r2:.4f}"
+
+
+def test_log_linear_fit_recovers_an_exponential() -> None:
+    x = np.arange(6.0)
+    slope, intercept, r2 = inv.log_linear_fit(x, 3.0 * 1.5**x)
+    assert abs(slope - np.log(1.5)) < 1e-12 and abs(intercept - np.log(3.0)) < 1e-12
+    assert abs(r2 - 1) < 1e-12
+
+
+def test_residual_ratio_follows_the_mean_field_power_of_depth() -> None:
+    for depth in (12, 50):
+        g = inv.gradient_norms_by_depth(depth, 128, 64, use_bn=True, seed=0,
+                                        architecture="residual")
+        want = inv.residual_ratio_mean_field(depth)
+        assert abs(g[0] / g[-1] / want - 1) < 0.1, (depth, g[0] / g[-1], want)
+    # For large L the product grows as L^(G^2 / 2): the exponent between L and 2 L tends to it
+    big = [inv.residual_ratio_mean_field(n) for n in (10_000, 20_000)]
+    exponent = np.log(big[1] / big[0]) / np.log(2)
+    assert abs(exponent - inv.layer_gain("relu") ** 2 / 2) < 1e-3, exponent
+
+
 # --------------------------------------------------------------------------------------
 # Figures
 # --------------------------------------------------------------------------------------
@@ -441,10 +518,16 @@ def test_figures_have_labels_and_titles_and_fit_the_page() -> None:
                                             "orthogonal": np.ones(3)}))
     g = np.array([3.0, 2.0, 1.0])
     sv = np.array([3.0, 1.0, 1e-17])
-    fig = plots.plot_depth({"a": g, "b": g, "c": g}, {"a": sv, "b": sv, "c": sv})
+    fig = plots.plot_depth({"a": g, "b": g, "c": g}, {"a": sv, "b": 2 * sv, "c": 5 * sv})
     _check_figure(fig)
-    assert all(line.get_xdata().size == 3 for line in fig.axes[1].get_lines()), (
+    spectra = [line for line in fig.axes[1].get_lines() if line.get_label() in "abc"]
+    assert len(spectra) == 3 and all(line.get_xdata().size == 3 for line in spectra), (
         "the spectrum panel must show every singular value"
+    )
+    thresholds = sorted(line.get_ydata()[0] for line in fig.axes[1].get_lines()
+                        if line.get_linestyle() == "--" and len(line.get_ydata()))
+    assert np.allclose(thresholds, [3e-12, 6e-12, 15e-12]), (
+        f"each network's zero line must sit at 1e-12 times its own largest value: {thresholds}"
     )
     matplotlib.pyplot.close("all")
 

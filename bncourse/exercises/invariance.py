@@ -114,10 +114,9 @@ EFFECTIVE_LR = NumberExercise(
     mistakes=(
         Mistake(
             "one_over_norm",
-            "lr / ||w|| counts only one of the two factors. That is the rule for Adam, whose "
-            "step does not depend on the gradient's size; with plain gradient descent the "
-            "gradient g itself shrinks as 1/||w||, so the effective learning rate is "
-            "lr / ||w||^2.",
+            "lr / ||w|| counts only one of the two factors of 1/||w||: with plain gradient "
+            "descent the gradient g itself shrinks as 1/||w|| too, so the effective learning "
+            "rate is lr / ||w||^2.",
             0.02,
         ),
         Mistake(
@@ -147,10 +146,11 @@ ADAM_ANGLE = NumberExercise(
     title="The angle per step of a BN'd weight under Adam",
     value=0.25,
     hints=(
-        "Adam divides each entry of the gradient by the square root of its running mean "
-        "square. What happens to that ratio when every gradient entry is divided by 4?",
-        "So the step of Adam has (nearly) the same length whatever the scale of w. Through "
-        "what angle does a step of a given length turn a vector that is 4 times longer?",
+        "Adam divides each entry of the gradient's running mean by the square root of the "
+        "running mean of its square. What happens to that ratio when every gradient in the "
+        "history is divided by 4?",
+        "So the next step of Adam has (nearly) the same length for both copies. Through what "
+        "angle does a step of a given length turn a vector that is 4 times longer?",
     ),
     mistakes=(
         Mistake(
@@ -313,25 +313,29 @@ DEPTH_PREDICTION = ChoiceExercise(
     },
     answer="b",
     hints=(
-        "BN fixes the variance of each output unit in the forward pass. Does that say "
-        "anything about the correlations between units, or about the backward pass?",
-        "In training mode each example's output depends on the whole batch, and each layer "
-        "multiplies the gradient by its Jacobian. What does a product of many factors that "
-        "are each a little larger than 1 do?",
+        "BN fixes the variance of each output unit in the forward pass. Does that fix the "
+        "size of the gradient in the backward pass?",
+        "In the backward pass a layer divides the gradient by the standard deviation sigma of "
+        "its pre-activation (BN) and multiplies it by the slope of ReLU, 0 or 1. For "
+        "z ~ N(0, 1), compare Var(ReLU(z)), which sets sigma at the next layer, with "
+        "E[ReLU'(z)^2]. What does a product of many factors that are each a little larger "
+        "than 1 do?",
     ),
     mistakes=(
         Mistake(
             "normalized_means_stable",
-            "BN fixes the scale of the forward signal, not of the gradient: the layer is an "
-            "isometry only when its outputs are decorrelated, and with many layers and the "
-            "batch coupling the gradient grows with depth.",
+            "BN fixes the scale of the forward signal, not of the gradient: each layer "
+            "multiplies the gradient by the mean square slope of ReLU and divides it by the "
+            "variance of ReLU's output (in squared norm), a factor above 1, so over many "
+            "layers the gradient grows with depth.",
             "a",
         ),
         Mistake(
             "vanishes",
-            "the two ignored directions are only two of many; in the others the Jacobian "
-            "multiplies by gamma / sigma, and over many layers the gradient grows, it does not "
-            "vanish.",
+            "the two ignored directions are only two of the batch's m per unit, and removing "
+            "them shortens the gradient a little; each layer also multiplies it by a factor "
+            "above 1 (the slope of ReLU over the standard deviation of its output), so over "
+            "many layers the gradient grows, it does not vanish.",
             "c",
         ),
         Mistake(

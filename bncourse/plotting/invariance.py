@@ -120,8 +120,8 @@ def plot_depth(
     ``grads`` and ``spectra`` map a network's name to its gradient norms by layer and to the
     singular values of its input-output Jacobian, in the order: BN without skip
     connections, no BN, BN with skip connections (coloured in that order). Every singular
-    value is drawn; those below ``zero`` times the largest of all (zero up to round-off) lie
-    in the shaded band.
+    value is drawn; a dashed line in each network's colour marks ``zero`` times that
+    network's own largest value: the values below it are numerically zero.
     """
     fig, axes = new_figure(nrows=2, width=6.4, height=8.2)
     for (name, g), colour in zip(grads.items(), _DEPTH_COLORS, strict=False):
@@ -137,8 +137,9 @@ def plot_depth(
         values = np.maximum(np.sort(sv)[::-1], tiny)
         axes[1].semilogy(np.arange(1, values.size + 1), values, lw=1.8, color=colour,
                          label=name)
-    axes[1].axhspan(lowest / 10, zero * largest, color=COLORS["none"], alpha=0.15, lw=0,
-                    label="zero up to round-off")
+        axes[1].axhline(zero * float(np.max(sv)), color=colour, ls="--", lw=1)
+    axes[1].plot([], [], color=COLORS["none"], ls="--", lw=1,
+                 label=f"{zero:.0e} × the network's largest: below it, numerically zero")
     axes[1].set_ylim(lowest / 10, largest * 10)
     axes[1].set_xlabel("index of the singular value (largest first), all of them")
     axes[1].set_ylabel("singular value of J")
