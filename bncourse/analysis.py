@@ -8,7 +8,9 @@
 * :func:`saved_bytes_by_variant` and :func:`traffic_per_element`: what each implementation
   keeps for the backward pass, and how many bytes its kernels read and write per element
   (in-place writes included, views free).
-* :func:`load_bench` and :func:`achieved_bandwidth`: the benchmark table of ``make bench``.
+* :func:`load_bench`, :func:`bench_ratio` and :func:`achieved_bandwidth`: the benchmark
+  table of ``make bench`` (``python -m bncourse.bench``), the paired ratio of two variants'
+  times with its interval, and the bandwidth a byte count implies.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .claims import Ratio
 from .functional import batch_norm_backward, batch_norm_forward, reduction_axes
 from .gradcheck import numerical_gradient, rel_error
 from .layer import BatchNorm, BatchNormFunction, staged_batch_norm
@@ -30,15 +33,19 @@ from .memory import SavedTensors, saved_tensors
 __all__ = [
     "VARIANTS",
     "FUSED_COMPACT_PASSES",
+    "REDUCE_FIRST_EXTRA_PASSES",
     "fd_error_sweep",
     "norm_rel_error",
     "constants_gradient",
     "constants_error_vs_batch",
     "constants_error_vs_amplitude",
+    "constants_error_slopes",
     "float32_rounding_limits",
     "saved_bytes_by_variant",
     "traffic_per_element",
     "load_bench",
+    "bench_ratio",
+    "ratio_over",
     "achieved_bandwidth",
     "gradient_consequences",
 ]
@@ -50,6 +57,12 @@ VARIANTS: tuple[str, ...] = ("torch", "bncourse", "staged", "compiled")
 #: form when the forward and the backward are each one fused kernel: the forward reads x and
 #: writes y and x_hat (3), the backward reads dy and x_hat and writes dx (3).
 FUSED_COMPACT_PASSES: int = 6
+
+#: Activation-sized reads that a single-pass count misses in any kernel that must reduce
+#: before it normalizes, unless the tensor stays in cache between the two passes: the
+#: forward reads x once for the batch statistics before it can normalize it (1), and the
+#: backward reads dy and x (or x_hat) once for the two sums before it can form dx (2).
+REDUCE_FIRST_EXTRA_PASSES: int = 3
 
 
 # --------------------------------------------------------------------------------------
@@ -172,6 +185,26 @@ def constants_error_vs_batch(
             right = _true_gradient(x, gamma, dy)
             out[name].append(norm_rel_error(wrong, right))
     return {k: np.array(v) for k, v in out.items()}
+
+
+def constants_error_slopes(
+    sizes: Sequence[int], seeds: Sequence[int], m_min: int = 16, channels: int = 16
+) -> np.ndarray:
+    r"""Per seed, the slope of $\log$ error against $\log m$ for random $dy$ ($m \ge$ ``m_min``).
+
+    The error is that of :func:`constants_error_vs_batch`; a slope of $-1/2$ is an error that
+    shrinks like $1/\sqrt{m}$. Each seed draws new inputs for every $m$, so the slopes of
+    different seeds are independent estimates.
+    """
+    m = np.asarray(sizes, dtype=float)
+    keep = m >= m_min
+    if keep.sum() < 2:
+        raise ValueError(f"a slope needs at least two sizes >= {m_min}; got {list(sizes)}")
+    return np.array([
+        np.polyfit(np.log(m[keep]), np.log(
+            constants_error_vs_batch(sizes, seed=seed, channels=channels)["random"][keep]), 1)[0]
+        for seed in seeds
+    ])
 
 
 def constants_error_vs_amplitude(
@@ -304,25 +337,80 @@ def traffic_per_element(
 # The benchmark table
 # --------------------------------------------------------------------------------------
 
+_TOP_KEYS = ("command", "machine", "load_average", "settings", "confidence", "dtype", "shapes",
+             "rows", "paired_ratios")
 _MACHINE_KEYS = ("cpu", "cores", "threads", "torch", "python", "date")
-_ROW_KEYS = ("shape", "variant", "median_ms", "ratio_to_torch", "saved_bytes")
+_ROW_KEYS = ("shape", "variant", "repeats", "median_ms", "ratio_to_torch", "ratio_low",
+             "ratio_high", "saved_bytes")
+_RATIO_KEYS = ("median", "low", "high", "n")
+
+
+def _shape_key(shape: Sequence[int]) -> str:
+    return "x".join(str(int(d)) for d in shape)
 
 
 def load_bench(path: str | Path) -> dict[str, Any]:
-    """Read the table ``make bench`` writes, checking that it has the fields the chapter uses."""
+    """Read the table ``make bench`` writes, checking that it has the fields the chapter uses.
+
+    Besides the rows, the table must record the command that regenerates it, the machine
+    and its load average before and after the run, the settings, and the paired ratios of
+    every two variants on every shape (see :mod:`bncourse.bench`).
+    """
     with open(path, encoding="utf-8") as f:
         bench = json.load(f)
-    missing = [k for k in ("machine", "dtype", "shapes", "rows") if k not in bench]
+    missing = [k for k in _TOP_KEYS if k not in bench]
     missing += [f"machine.{k}" for k in _MACHINE_KEYS if k not in bench.get("machine", {})]
     for i, row in enumerate(bench.get("rows", [])):
         missing += [f"rows[{i}].{k}" for k in _ROW_KEYS if k not in row]
         if row.get("variant") not in VARIANTS:
             missing.append(f"rows[{i}].variant (got {row.get('variant')!r})")
+    pairs = bench.get("paired_ratios", {})
+    for shape in bench.get("shapes", []):
+        key = _shape_key(shape)
+        variants = sorted({r["variant"] for r in bench.get("rows", [])
+                           if r.get("shape") == list(shape)})
+        for a in variants:
+            for b in variants:
+                if a == b:
+                    continue
+                record = pairs.get(key, {}).get(f"{a}/{b}")
+                if record is None:
+                    missing.append(f"paired_ratios.{key}.{a}/{b}")
+                else:
+                    missing += [f"paired_ratios.{key}.{a}/{b}.{k}" for k in _RATIO_KEYS
+                                if k not in record]
     if missing:
         raise ValueError(
             f"{path} is not a benchmark table: missing or invalid {', '.join(missing)}"
         )
     return bench
+
+
+def bench_ratio(bench: dict[str, Any], shape: Sequence[int], variant: str,
+                reference: str = "torch") -> Ratio:
+    """The paired ratio ``t_variant / t_reference`` on ``shape`` from the table, as a
+    :class:`bncourse.claims.Ratio`: the median over repetitions and its interval."""
+    key = _shape_key(shape)
+    try:
+        r = bench["paired_ratios"][key][f"{variant}/{reference}"]
+    except KeyError:
+        raise KeyError(f"the benchmark table has no paired ratio {variant}/{reference} "
+                       f"for shape {key}") from None
+    return Ratio(float(r["median"]), float(r["low"]), float(r["high"]), int(r["n"]),
+                 float(bench.get("confidence", 0.95)))
+
+
+def ratio_over(ratio: Ratio, factor: float) -> Ratio:
+    """``ratio`` divided by a constant ``factor`` (its median and both ends of its interval).
+
+    Dividing a paired time ratio by the ratio of the bytes two variants move gives the ratio
+    of their times per byte: above one, the first variant takes longer per byte than the
+    second.
+    """
+    if not factor > 0:
+        raise ValueError(f"ratio_over: the factor must be positive, got {factor}")
+    return Ratio(ratio.median / factor, ratio.low / factor, ratio.high / factor, ratio.n,
+                 ratio.confidence)
 
 
 def achieved_bandwidth(

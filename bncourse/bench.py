@@ -16,8 +16,15 @@ Timing: after a warm-up, every repetition runs each variant once, in an order th
 from one repetition to the next, so slow phases of a shared machine hit all variants alike.
 The table gives each variant's median time and its ratio to torch: the median, over
 repetitions, of ``t_variant / t_torch`` within the same repetition (a paired ratio, far
-steadier than a ratio of two medians on a noisy machine), with the interquartile range of
-those paired ratios as a measure of how stable it is.
+steadier than a ratio of two medians on a noisy machine), with its 95% distribution-free
+interval (:func:`bncourse.claims.paired_ratio`). The JSON also keeps that summary for every
+ordered pair of variants (``paired_ratios``), so that a text comparing any two of them can
+state the spread and assert the order.
+
+Record: the JSON names the command that regenerates it (``command``), the number of
+repetitions of each shape, the settings, the date, and the machine's load average (one
+minute) before and after the run (``load_average``), so that a reader can judge how quiet
+the machine was.
 
 Threads: one intra-op thread by default (``--threads`` to change it). On a small machine
 shared with other processes, a multi-threaded op waits at its barrier for a thread the OS
@@ -47,6 +54,7 @@ import gc
 import json
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import sys
@@ -59,6 +67,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .claims import Ratio, paired_ratio
 from .layer import BatchNorm, compiled_batch_norm, staged_batch_norm
 from .memory import SavedTensors, saved_tensors
 
@@ -74,6 +83,7 @@ __all__ = [
     "time_shape",
     "check_device",
     "machine_info",
+    "command_line",
     "run",
     "main",
 ]
@@ -86,10 +96,14 @@ EPS = 1e-5
 DEFAULT_OUT = Path("book/data/bench.json")
 DEFAULT_OUT_CUDA = Path("book/data/bench-cuda.json")
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
+PROGRAM = "python -m bncourse.bench"
+#: The confidence of the intervals of the paired ratios.
+CONFIDENCE = 0.95
 
-# Repetitions: as many as fit in the time budget of a shape, within [min, max].
+# Repetitions: as many as fit in the time budget of a shape, within [min, max]. A paired
+# ratio's interval needs at least 6 (bncourse.claims.paired_ratio).
 FULL = {"warmup": 10, "budget_s": 30.0, "min_reps": 80, "max_reps": 3000}
-QUICK = {"warmup": 2, "budget_s": 1.5, "min_reps": 5, "max_reps": 200}
+QUICK = {"warmup": 2, "budget_s": 1.5, "min_reps": 8, "max_reps": 200}
 
 Forward = Callable[[Tensor], Tensor]
 
@@ -193,19 +207,14 @@ class Timing:
     def median_ms(self, variant: str) -> float:
         return 1e3 * statistics.median(self.times[variant])
 
-    def paired_ratios(self, variant: str) -> list[float]:
-        return [t / r for t, r in zip(self.times[variant], self.times["torch"], strict=True)]
+    def paired_ratio(self, variant: str, reference: str = "torch") -> Ratio:
+        """``t_variant / t_reference`` within each repetition: median and 95% interval."""
+        return paired_ratio(self.times[variant], self.times[reference],
+                            confidence=CONFIDENCE, what=f"{variant} / {reference}")
 
     def ratio(self, variant: str) -> float:
         """Median over repetitions of ``t_variant / t_torch`` in the same repetition."""
-        return statistics.median(self.paired_ratios(variant))
-
-    def ratio_iqr(self, variant: str) -> tuple[float, float]:
-        r = self.paired_ratios(variant)
-        if len(r) < 2:
-            return (r[0], r[0])
-        q = statistics.quantiles(r, n=4)
-        return (q[0], q[2])
+        return self.paired_ratio(variant).median
 
 
 def _one_step(forward: Forward, params: list[Tensor], inputs: Inputs) -> float:
@@ -299,6 +308,45 @@ def shape_key(shape: Sequence[int]) -> str:
     return "x".join(str(d) for d in shape)
 
 
+def command_line(
+    shapes: Sequence[Sequence[int]] = SHAPES, quick: bool = False, compile: bool = True,
+    out: Path | str | None = DEFAULT_OUT, seed: int = 0, device: str = "cpu",
+    threads: int = 1,
+) -> str:
+    """The command, run from the repository root, that repeats a run with these settings.
+
+    Options equal to their defaults are left out, so the standard table's command is
+    ``python -m bncourse.bench``.
+    """
+    args: list[str] = []
+    if quick:
+        args.append("--quick")
+    if not compile:
+        args.append("--no-compile")
+    if [tuple(int(d) for d in s) for s in shapes] != list(SHAPES):
+        args += ["--shapes", *(shape_key(s) for s in shapes)]
+    default_out = DEFAULT_OUT_CUDA if device == "cuda" else DEFAULT_OUT
+    if out is not None and Path(out) != default_out:
+        args += ["--out", str(out)]
+    if device != "cpu":
+        args += ["--device", device]
+    if threads != 1:
+        args += ["--threads", str(threads)]
+    if seed != 0:
+        args += ["--seed", str(seed)]
+    return " ".join([PROGRAM, *(shlex.quote(a) for a in args)])
+
+
+def _load_average() -> float | None:
+    """The one-minute load average (None where the OS does not report one)."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
+def _ratio_record(r: Ratio) -> dict:
+    return {"median": round(r.median, 4), "low": round(r.low, 4), "high": round(r.high, 4),
+            "n": r.n}
+
+
 def _print_row(cells: Sequence[str], widths: Sequence[int]) -> None:
     pairs = enumerate(zip(cells, widths, strict=True))
     padded = [c.rjust(w) if i else c.ljust(w) for i, (c, w) in pairs]
@@ -326,14 +374,20 @@ def run(
     settings = QUICK if quick else FULL
     variants = [v for v in VARIANTS if compile or v != "compiled"]
     shapes = [tuple(int(d) for d in s) for s in shapes]
+    command = command_line(shapes, quick, compile, out, seed, device, torch.get_num_threads())
+    load_before = _load_average()
     rows: list[dict] = []
+    pairs: dict[str, dict[str, dict]] = {}
     compile_seconds: dict[str, float] = {}
     widths = (18, 9, 10, 7, 15, 9, 12)
-    header = ("shape", "variant", "median ms", "ratio", "ratio IQR", "saved MB", "act. saved")
+    header = ("shape", "variant", "median ms", "ratio", "95% interval", "saved MB",
+              "act. saved")
+    n_threads = torch.get_num_threads()
     where = (f"{torch.cuda.get_device_name()}" if device == "cuda"
-             else f"cpu, {torch.get_num_threads()} threads")
-    print(f"forward + backward, float32, {where}, "
-          f"{'quick' if quick else 'full'} run; ratio = median paired t / t_torch")
+             else f"cpu, {n_threads} thread{'s' if n_threads != 1 else ''}")
+    print(f"{command}\nforward + backward, float32, {where}, "
+          f"{'quick' if quick else 'full'} run; ratio = median paired t / t_torch; "
+          f"load average {load_before}")
     cache_env = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     cache_dir = None
     if compile:
@@ -345,7 +399,8 @@ def run(
         print(f"compiler start-up (imports and a 2x2 compile, not in any row): {startup:.2f} s")
     _print_row(header, widths)
     try:
-        _run_shapes(shapes, variants, settings, seed, widths, rows, compile_seconds, device)
+        _run_shapes(shapes, variants, settings, seed, widths, rows, pairs, compile_seconds,
+                    device)
     finally:
         if cache_dir is not None:
             if cache_env is None:
@@ -355,11 +410,18 @@ def run(
             shutil.rmtree(cache_dir, ignore_errors=True)
     for key, seconds in compile_seconds.items():
         print(f"compile time {key}: {seconds:.2f} s (first forward + backward, not in the table)")
+    load_after = _load_average()
+    print(f"load average {load_before} before the run, {load_after} after")
     result = {
+        "command": command,
         "machine": machine_info(device),
+        "load_average": [load_before, load_after],
+        "settings": {"quick": quick, **settings},
+        "confidence": CONFIDENCE,
         "dtype": "float32",
         "shapes": [list(s) for s in shapes],
         "rows": rows,
+        "paired_ratios": pairs,
         "compile_seconds": compile_seconds,
     }
     if out is not None:
@@ -377,6 +439,7 @@ def _run_shapes(
     seed: int,
     widths: Sequence[int],
     rows: list[dict],
+    pairs: dict[str, dict[str, dict]],
     compile_seconds: dict[str, float],
     device: str = "cpu",
 ) -> None:
@@ -384,14 +447,21 @@ def _run_shapes(
         timing = time_shape(shape, variants, settings, seed, device)
         inputs = make_inputs(shape, torch.float32, seed, device)
         numel = inputs.x.numel()
+        pairs[shape_key(shape)] = {
+            f"{a}/{b}": _ratio_record(timing.paired_ratio(a, b))
+            for a in variants for b in variants if a != b
+        }
         for v in variants:
             saved = saved_for_backward(v, inputs)
-            lo, hi = timing.ratio_iqr(v)
+            ratio = timing.paired_ratio(v)
             row = {
                 "shape": list(shape),
                 "variant": v,
+                "repeats": timing.reps,
                 "median_ms": round(timing.median_ms(v), 4),
-                "ratio_to_torch": round(timing.ratio(v), 4),
+                "ratio_to_torch": round(ratio.median, 4),
+                "ratio_low": round(ratio.low, 4),
+                "ratio_high": round(ratio.high, 4),
                 "saved_bytes": int(saved.nbytes),
             }
             rows.append(row)
@@ -401,7 +471,7 @@ def _run_shapes(
                     v,
                     f"{row['median_ms']:.3f}",
                     f"{row['ratio_to_torch']:.2f}",
-                    f"{lo:.2f}-{hi:.2f}",
+                    f"{row['ratio_low']:.2f}-{row['ratio_high']:.2f}",
                     f"{saved.nbytes / 2**20:.2f}",
                     str(saved.activation_sized(numel)),
                 ),

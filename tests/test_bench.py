@@ -186,7 +186,15 @@ def test_quick_run_writes_json_with_the_documented_schema(tmp_path, capsys):
     assert "6x3" in printed and "4x3x2x2" in printed, f"table lacks the shapes:\n{printed}"
 
     data = json.loads(out.read_text())
-    assert set(data) == {"machine", "dtype", "shapes", "rows", "compile_seconds"}, set(data)
+    assert set(data) == {"command", "machine", "load_average", "settings", "confidence", "dtype",
+                         "shapes", "rows", "paired_ratios", "compile_seconds"}, set(data)
+    assert data["command"] == (
+        f"python -m bncourse.bench --quick --no-compile --shapes 6x3 4x3x2x2 --out {out}"
+    ), data["command"]
+    assert len(data["load_average"]) == 2 and all(
+        isinstance(v, float) and v >= 0 for v in data["load_average"]), data["load_average"]
+    assert data["settings"] == {"quick": True, **bench.QUICK}, data["settings"]
+    assert data["confidence"] == 0.95
     machine = data["machine"]
     assert set(machine) == {"device", "cpu", "cores", "threads", "torch", "python", "date"}, (
         set(machine))
@@ -203,12 +211,20 @@ def test_quick_run_writes_json_with_the_documented_schema(tmp_path, capsys):
         (list(s), v) for s in shapes for v in EAGER_VARIANTS
     ]
     for r in rows:
-        assert set(r) == {"shape", "variant", "median_ms", "ratio_to_torch", "saved_bytes"}, r
+        assert set(r) == {"shape", "variant", "repeats", "median_ms", "ratio_to_torch",
+                          "ratio_low", "ratio_high", "saved_bytes"}, r
+        assert isinstance(r["repeats"], int) and r["repeats"] >= bench.QUICK["min_reps"], r
         assert isinstance(r["median_ms"], float) and r["median_ms"] > 0, r
         assert isinstance(r["ratio_to_torch"], float) and r["ratio_to_torch"] > 0, r
+        assert 0 < r["ratio_low"] <= r["ratio_to_torch"] <= r["ratio_high"], r
         assert isinstance(r["saved_bytes"], int) and r["saved_bytes"] > 0, r
         if r["variant"] == "torch":
-            assert r["ratio_to_torch"] == 1.0, r
+            assert r["ratio_to_torch"] == r["ratio_low"] == r["ratio_high"] == 1.0, r
+        pair = data["paired_ratios"]["x".join(map(str, r["shape"]))]
+        if r["variant"] != "torch":
+            assert pair[f"{r['variant']}/torch"] == {
+                "median": r["ratio_to_torch"], "low": r["ratio_low"], "high": r["ratio_high"],
+                "n": r["repeats"]}, (r, pair)
         expected = bench.saved_for_backward(
             r["variant"], bench.make_inputs(tuple(r["shape"]))
         ).nbytes
@@ -216,6 +232,37 @@ def test_quick_run_writes_json_with_the_documented_schema(tmp_path, capsys):
             f"{r['variant']} {r['shape']}: JSON says {r['saved_bytes']} bytes, "
             f"saved_tensors measures {expected}"
         )
+
+
+def test_paired_ratios_cover_every_ordered_pair_of_variants(tmp_path):
+    out = tmp_path / "bench.json"
+    data = bench.run(shapes=[(6, 3)], quick=True, compile=False, out=out)
+    pairs = data["paired_ratios"]["6x3"]
+    assert set(pairs) == {f"{a}/{b}" for a in EAGER_VARIANTS for b in EAGER_VARIANTS if a != b}
+    for name, r in pairs.items():
+        assert r["low"] <= r["median"] <= r["high"] and r["n"] >= 6, (name, r)
+    assert json.loads(out.read_text()) == data
+
+
+def test_paired_ratio_of_a_timing_is_the_median_with_a_distribution_free_interval():
+    times = {"torch": [1.0] * 9, "bncourse": [float(k) for k in range(1, 10)]}
+    timing = bench.Timing((4, 2), times)
+    r = timing.paired_ratio("bncourse")
+    assert r.median == 5.0 and r.n == 9
+    # With 9 ratios the 95% interval of the median runs from the 2nd to the 8th smallest.
+    assert (r.low, r.high) == (2.0, 8.0), r
+    assert timing.ratio("bncourse") == 5.0
+
+
+def test_command_line_names_only_the_options_that_differ_from_the_defaults():
+    assert bench.command_line() == "python -m bncourse.bench"
+    assert bench.command_line(out="book/data/bench.json") == "python -m bncourse.bench"
+    assert bench.command_line(device="cuda", out="book/data/bench-cuda.json") == (
+        "python -m bncourse.bench --device cuda")
+    assert bench.command_line(shapes=[(8, 4)], quick=True, compile=False, threads=2,
+                              seed=3, out="x y.json") == (
+        "python -m bncourse.bench --quick --no-compile --shapes 8x4 --out 'x y.json' "
+        "--threads 2 --seed 3")
 
 
 def test_shape_option_rejects_malformed_shapes():

@@ -113,6 +113,14 @@ def test_constants_error_shrinks_for_noise_and_stays_near_one_over_the_noise_for
     assert 25.0 < other["shift"][0] < 100.0, "the error of a shared shift is set by 1/a"
 
 
+def test_constants_error_slopes_are_near_minus_one_half_for_random_dy():
+    slopes = analysis.constants_error_slopes([16, 64, 256, 1024], seeds=range(4))
+    assert slopes.shape == (4,)
+    assert np.all((-0.7 < slopes) & (slopes < -0.3)), slopes
+    with pytest.raises(ValueError, match="two sizes"):
+        analysis.constants_error_slopes([4, 8, 16], seeds=[0], m_min=16)
+
+
 def test_constants_error_for_a_shared_shift_is_one_over_the_noise_amplitude():
     amplitudes = np.array([0.01, 0.1, 1.0])
     errors = analysis.constants_error_vs_amplitude(amplitudes, m=1024)
@@ -166,13 +174,24 @@ def test_unknown_variant_is_rejected_with_the_choices():
 
 
 def _bench(tmp_path, **changes):
+    ratios = {"torch": 1.0, "bncourse": 2.0, "staged": 5.0, "compiled": 0.8}
     table = {
+        "command": "python -m bncourse.bench",
         "machine": {"cpu": "test", "cores": 2, "threads": 2, "torch": "x", "python": "3",
                     "date": "today"},
+        "load_average": [0.1, 0.2],
+        "settings": {"quick": False, "warmup": 10, "budget_s": 30.0, "min_reps": 80,
+                     "max_reps": 3000},
+        "confidence": 0.95,
         "dtype": "float32",
         "shapes": [[4, 2]],
-        "rows": [{"shape": [4, 2], "variant": v, "median_ms": 1.0, "ratio_to_torch": 1.0,
-                  "saved_bytes": 32} for v in analysis.VARIANTS],
+        "rows": [{"shape": [4, 2], "variant": v, "repeats": 9, "median_ms": ratios[v],
+                  "ratio_to_torch": ratios[v], "ratio_low": 0.9 * ratios[v],
+                  "ratio_high": 1.1 * ratios[v], "saved_bytes": 32} for v in analysis.VARIANTS],
+        "paired_ratios": {"4x2": {
+            f"{a}/{b}": {"median": ratios[a] / ratios[b], "low": 0.8 * ratios[a] / ratios[b],
+                         "high": 1.2 * ratios[a] / ratios[b], "n": 9}
+            for a in analysis.VARIANTS for b in analysis.VARIANTS if a != b}},
     }
     table.update(changes)
     path = tmp_path / "bench.json"
@@ -185,6 +204,38 @@ def test_load_bench_accepts_the_schema_and_names_missing_fields(tmp_path):
     assert len(bench["rows"]) == 4
     with pytest.raises(ValueError, match="machine.cpu"):
         analysis.load_bench(_bench(tmp_path, machine={"cores": 2}))
+    for key in ("command", "load_average", "paired_ratios"):
+        table = json.loads(_bench(tmp_path).read_text())
+        del table[key]
+        (tmp_path / "partial.json").write_text(json.dumps(table))
+        with pytest.raises(ValueError, match=key):
+            analysis.load_bench(tmp_path / "partial.json")
+    table = json.loads(_bench(tmp_path).read_text())
+    del table["paired_ratios"]["4x2"]["staged/bncourse"]
+    (tmp_path / "partial.json").write_text(json.dumps(table))
+    with pytest.raises(ValueError, match="paired_ratios.4x2.staged/bncourse"):
+        analysis.load_bench(tmp_path / "partial.json")
+
+
+def test_bench_ratio_reads_a_paired_ratio_with_its_interval(tmp_path):
+    from bncourse.claims import Ratio
+
+    bench = analysis.load_bench(_bench(tmp_path))
+    r = analysis.bench_ratio(bench, (4, 2), "staged", "bncourse")
+    assert r == Ratio(2.5, 2.0, 3.0, 9, 0.95), r
+    assert analysis.bench_ratio(bench, [4, 2], "bncourse").median == 2.0
+    with pytest.raises(KeyError, match="8x2"):
+        analysis.bench_ratio(bench, (8, 2), "bncourse")
+    per_byte = analysis.ratio_over(r, 2.5)
+    assert (per_byte.median, per_byte.low, per_byte.high) == (1.0, 0.8, 1.2), per_byte
+    with pytest.raises(ValueError, match="positive"):
+        analysis.ratio_over(r, 0.0)
+
+
+def test_reduce_first_passes_raise_the_single_pass_counts():
+    # Forward: x read once more for the statistics; backward: dy and x_hat once more for the sums.
+    assert analysis.REDUCE_FIRST_EXTRA_PASSES == 3
+    assert analysis.FUSED_COMPACT_PASSES == 6
 
 
 def test_achieved_bandwidth_is_bytes_over_time(tmp_path):
@@ -224,6 +275,8 @@ def test_figures_have_titles_and_labelled_axes(tmp_path):
     suptitle = plots.plot_cost(analysis.load_bench(tmp_path / "one.json")).get_suptitle()
     assert "1 thread," in suptitle, suptitle
     assert not figs[2].axes[0].get_legend(), "the legend sits outside the panels"
+    assert figs[2].axes[0].containers, "the time panel draws bars"
+    assert figs[2].axes[0].collections, "with error bars for the intervals"
     graph = plots.plot_forward_graph()
     assert graph.get_figwidth() <= MAX_WIDTH
     assert graph.axes[0].get_title()
@@ -234,6 +287,19 @@ def test_figures_have_titles_and_labelled_axes(tmp_path):
 
     mu = next(c for k, c in colours.items() if "mu_B =" in k)
     assert mu == to_rgba(COLORS["train"]), "batch statistics in the batch-statistics colour"
+
+
+def test_forward_graph_has_four_paths_from_x_to_x_hat_and_one_to_the_loss_per_path():
+    from bncourse.plotting import gradients as plots
+
+    paths = plots.forward_graph_paths("x", "xhat")
+    assert len(paths) == 4, paths
+    assert ("x", "c", "xhat") in paths and ("x", "mu", "c", "v", "s", "xhat") in paths
+    assert all(p[0] == "x" and p[-1] == "xhat" for p in paths)
+    assert plots.forward_graph_paths("gamma", "L") == [("gamma", "y", "L")]
+    assert plots.forward_graph_paths("xhat", "x") == []
+    with pytest.raises(ValueError, match="nodes"):
+        plots.forward_graph_paths("x", "z")
 
 
 # --------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ from matplotlib.figure import Figure
 
 from . import COLORS, new_figure
 
-__all__ = ["plot_forward_graph", "plot_fd_sweep", "plot_constants_error", "plot_cost"]
+__all__ = ["plot_forward_graph", "forward_graph_paths", "plot_fd_sweep", "plot_constants_error",
+           "plot_cost"]
 
 # Node name -> (x, y, label, colour key) of the forward graph. The batch statistics are drawn
 # in the colour of training mode (batch statistics) used in every chapter.
@@ -29,6 +30,26 @@ _EDGES: tuple[tuple[str, str], ...] = (
     ("x", "mu"), ("x", "c"), ("mu", "c"), ("c", "v"), ("v", "s"), ("c", "xhat"),
     ("s", "xhat"), ("xhat", "y"), ("gamma", "y"), ("y", "L"),
 )
+
+
+def forward_graph_paths(start: str = "x", end: str = "xhat") -> list[tuple[str, ...]]:
+    """Every directed path from ``start`` to ``end`` along the edges :func:`plot_forward_graph`
+    draws, as tuples of node names (``"x"``, ``"mu"``, ``"c"``, ``"v"``, ``"s"``, ``"xhat"``,
+    ...), in a fixed order."""
+    if start not in _NODES or end not in _NODES:
+        raise ValueError(f"nodes are {sorted(_NODES)}; got {start!r} and {end!r}")
+    paths: list[tuple[str, ...]] = []
+
+    def walk(path: tuple[str, ...]) -> None:
+        if path[-1] == end:
+            paths.append(path)
+            return
+        for a, b in _EDGES:
+            if a == path[-1] and b not in path:
+                walk((*path, b))
+
+    walk((start,))
+    return sorted(paths, key=lambda p: (len(p), p))
 
 
 def plot_forward_graph() -> Figure:
@@ -66,8 +87,9 @@ def plot_fd_sweep(hs: Sequence[float], errors64: Sequence[float],
                   x_rounds_below: float | None = None) -> Figure:
     """Central-difference error vs $h$: $O(h^2)$ truncation, $O(\\varepsilon/h)$ round-off.
 
-    ``x_rounds_below``, when given, marks the step below which $x \\pm h$ rounds to $x$ in
-    float32 (half the float32 spacing at the largest $|x|$).
+    ``x_rounds_below``, when given, marks the step below which $x_k \\pm h$ rounds to $x_k$
+    in float32 for the largest entry $x_k$ (half the float32 spacing at the largest $|x|$);
+    smaller entries have a finer spacing, so theirs happens further left.
     """
     fig, ax = new_figure(width=7.0, height=4.6)
     hs = np.asarray(hs, dtype=float)
@@ -84,7 +106,8 @@ def plot_fd_sweep(hs: Sequence[float], errors64: Sequence[float],
               label=r"$\propto 1/h$ (round-off)")
     if x_rounds_below is not None:
         ax.axvline(x_rounds_below, color=COLORS["input"], lw=1, ls="-.",
-                   label=r"float32: $x \pm h$ rounds to $x$ left of this line")
+                   label="float32: left of this line, $x_k \\pm h$ rounds to $x_k$\n"
+                  "for the largest entry $x_k$ of $x$")
     ax.set_ylim(max(1e-13, 0.1 * e64.min()), 3.0)
     ax.set_xlabel("step $h$ of the central difference")
     ax.set_ylabel("relative error of $dx$\n(max over entries)")
@@ -150,7 +173,11 @@ def _span(values: Sequence[float]) -> str:
 def plot_cost(bench: dict[str, Any], variants: Sequence[str] = ("bncourse", "staged",
                                                                   "compiled")) -> Figure:
     """Time of one training step relative to torch (torch's own time under each shape), and
-    bytes saved for backward per element: two rows, legends outside the panels."""
+    bytes saved for backward per element: two rows, legends outside the panels.
+
+    The bars of the top row are the medians of the paired ratios; the error bars their
+    intervals (``ratio_low`` to ``ratio_high`` in the table).
+    """
     fig, (ax_t, ax_m) = new_figure(nrows=2, width=7.0, height=7.6)
     shapes = [tuple(s) for s in bench["shapes"]]
     rows = {(tuple(r["shape"]), r["variant"]): r for r in bench["rows"]}
@@ -159,18 +186,25 @@ def plot_cost(bench: dict[str, Any], variants: Sequence[str] = ("bncourse", "sta
     pos = np.arange(len(shapes))
     spans = {}
     for i, variant in enumerate(all_variants):
-        ratios = [rows[(s, variant)]["ratio_to_torch"] if (s, variant) in rows else np.nan
-                  for s in shapes]
+        ratios = np.array([rows[(s, variant)]["ratio_to_torch"] if (s, variant) in rows
+                           else np.nan for s in shapes])
+        low = np.array([rows[(s, variant)].get("ratio_low", np.nan) if (s, variant) in rows
+                        else np.nan for s in shapes])
+        high = np.array([rows[(s, variant)].get("ratio_high", np.nan) if (s, variant) in rows
+                         else np.nan for s in shapes])
         spans[variant] = [r for r in ratios if np.isfinite(r)]
-        ax_t.bar(pos + (i - (len(all_variants) - 1) / 2) * width, ratios, width,
-                 color=COLORS[variant], label=variant)
+        at = pos + (i - (len(all_variants) - 1) / 2) * width
+        ax_t.bar(at, ratios, width, color=COLORS[variant], label=variant)
+        if variant != "torch" and np.any(np.isfinite(low)):
+            ax_t.errorbar(at, ratios, yerr=np.vstack([ratios - low, high - ratios]), fmt="none",
+                          ecolor="#333333", elinewidth=1.0, capsize=2)
     ticks = [
         f"{_shape_label(s)}\ntorch {rows[(s, 'torch')]['median_ms']:.2g} ms"
         if (s, "torch") in rows else _shape_label(s) for s in shapes
     ]
     ax_t.set_xticks(pos, ticks)
     ax_t.set_xlabel("input shape, and torch's time for one step")
-    ax_t.set_ylabel("time of forward + backward\n/ torch's")
+    ax_t.set_ylabel("time of forward + backward\n/ torch's (median, 95% interval)")
     parts = [f"{v} {_span(spans[v])}x" for v in variants if spans.get(v)]
     ax_t.set_title("Time relative to torch's layer: " + ", ".join(parts[:2]) + ",\n"
                    + ", ".join(parts[2:]) + " (range over the shapes)")
