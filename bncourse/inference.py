@@ -16,8 +16,9 @@ $$
 
 (``fold_batch_norm``), whatever the convolution's groups, since BN scales output channels
 only. A BN *before* a linear layer folds into its input side, $W' = W\\,\\mathrm{diag}(a)$,
-$c' = c + W b$ (``fold_batch_norm_before``); for a convolution this is exact only without
-zero padding, since after folding the zero border would act as $b$. A BN as a whole does
+$c' = c + W b$ (``fold_batch_norm_before``); for a convolution with zero padding the result is
+not the same convolution, since after folding the zero border would act as $b$ (padding the
+input beforehand with the value the BN maps to 0 would fold it). A BN as a whole does
 not fold across a nonlinearity: a positive scale passes a ReLU
 ($a\\,\\mathrm{ReLU}(z) = \\mathrm{ReLU}(a z)$ for $a > 0$), a shift or a negative scale does not.
 
@@ -41,11 +42,13 @@ __all__ = [
     "fold_model",
     "population_statistics",
     "reestimate_running_stats",
+    "conv_bn_with_offset",
     "float32_fold_error",
     "train_digits_model",
     "train_eval_gap",
     "GapResult",
     "remove_warm_up",
+    "replay_running_stats",
     "fold_benchmark",
 ]
 
@@ -77,13 +80,19 @@ def eval_affine(bn: nn.Module) -> tuple[Tensor, Tensor]:
     $a = \\gamma / \\sqrt{\\hat\\sigma^2 + \\epsilon}$, $b = \\beta - a\\hat\\mu$; without
     ``affine``, $\\gamma = 1$ and $\\beta = 0$. Computed in the buffers' dtype, detached.
     """
+    a, mean, beta = _scale_mean_shift(bn)
+    with torch.no_grad():
+        return a, beta - a * mean
+
+
+def _scale_mean_shift(bn: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
+    """``(a, running_mean, beta)`` of an eval-mode BN, detached copies in its buffers' dtype."""
     _check_bn(bn)
     with torch.no_grad():
         mean, var = bn.running_mean.detach(), bn.running_var.detach()
         gamma = bn.weight.detach() if bn.weight is not None else torch.ones_like(var)
         beta = bn.bias.detach() if getattr(bn, "bias", None) is not None else torch.zeros_like(mean)
-        a = gamma / torch.sqrt(var + bn.eps)
-        return a.clone(), (beta - a * mean).clone()
+        return gamma / torch.sqrt(var + bn.eps), mean.clone(), beta.clone()
 
 
 def _out_features(layer: nn.Module) -> int:
@@ -115,18 +124,26 @@ def fold_batch_norm(layer: nn.Module, bn: nn.Module) -> nn.Module:
     ``bn`` an eval-mode BN over its output channels. Neither argument is changed. Raises
     ``ValueError`` for a BN in training mode or without running statistics, a channel count
     that does not match, or an unsupported layer type.
+
+    The bias is computed in the order of the formula, as torch's ``fuse_conv_bn_eval`` does:
+    the difference $c - \\hat\\mu$ first, then the scale. When the layer's bias carries a
+    large offset, $c$ and $\\hat\\mu$ are close, their difference is exact in floating point
+    (Sterbenz's lemma), and the fold is as accurate in float32 as in float64. Scaling first,
+    $a c + (\\beta - a\\hat\\mu)$, would round the two large products $a c$ and $a\\hat\\mu$
+    separately and lose the digits their difference needs. Mixed dtypes are computed in the
+    wider one and stored in the layer's.
     """
     _check_layer(layer, "the layer before the BN")
     _check_bn(bn)
     if bn.num_features != _out_features(layer):
         raise ValueError(f"the BatchNorm has {bn.num_features} channels but the "
                          f"{type(layer).__name__} has {_out_features(layer)} outputs")
-    a, b = eval_affine(bn)
+    a, mean, beta = _scale_mean_shift(bn)
     new = _with_bias(layer)
     with torch.no_grad():
-        a_w = a.to(new.weight.dtype).reshape(-1, *([1] * (new.weight.dim() - 1)))
-        new.weight.mul_(a_w)
-        new.bias.copy_(a.to(new.bias.dtype) * new.bias + b.to(new.bias.dtype))
+        a_w = a.reshape(-1, *([1] * (new.weight.dim() - 1)))
+        new.weight.copy_((new.weight * a_w).to(new.weight.dtype))
+        new.bias.copy_(((new.bias - mean) * a + beta).to(new.bias.dtype))
     return new
 
 
@@ -135,8 +152,11 @@ def fold_batch_norm_before(bn: nn.Module, layer: nn.Module) -> nn.Module:
 
     ``layer`` is a ``Linear``, or a ``Conv1d/2d/3d`` without zero padding: after folding, a
     zero-padded border would act as $b$ where the original saw 0, so that is refused with a
-    ``ValueError``. Replicate, reflect and circular padding copy values of the input, which
-    commutes with a per-channel affine map, so those fold exactly.
+    ``ValueError`` (the pair equals the folded layer run on an input padded beforehand with
+    $\\hat\\mu - \\beta\\sqrt{\\hat\\sigma^2 + \\epsilon}/\\gamma$ per channel, the value the BN
+    maps to 0, but not the same layer with its own zero padding). Replicate, reflect and
+    circular padding copy values of the input, which commutes with a per-channel affine map,
+    so those fold exactly.
     """
     _check_layer(layer, "the layer after the BN")
     _check_bn(bn)
@@ -146,10 +166,12 @@ def fold_batch_norm_before(bn: nn.Module, layer: nn.Module) -> nn.Module:
                          f"{type(layer).__name__} takes {in_features} inputs")
     if (isinstance(layer, _CONVS) and layer.padding_mode == "zeros"
             and any(p != 0 for p in _padding(layer))):
-        raise ValueError("a BN before a zero-padded convolution cannot be folded exactly: "
-                         "after folding, the padded border would act as the BN's shift b "
-                         "where the original saw 0 (replicate, reflect and circular padding "
-                         "fold exactly)")
+        raise ValueError("a BN before a zero-padded convolution cannot be folded into the "
+                         "same convolution: after folding, the padded border would act as the "
+                         "BN's shift b where the original saw 0 (replicate, reflect and "
+                         "circular padding fold exactly; so does padding the input before the "
+                         "layer with the value mean - beta * sqrt(var + eps) / gamma per "
+                         "channel, which the BN maps to 0, when no gamma is 0)")
     a, b = eval_affine(bn)
     new = _with_bias(layer)
     with torch.no_grad():
@@ -271,22 +293,17 @@ def reestimate_running_stats(model: nn.Module, batches: Iterable[Tensor]) -> nn.
 # --------------------------------------------------------------------------------------
 
 
-def float32_fold_error(
-    offset: float = 0.0, log10_spread: float = 0.0, fold_in_float64: bool = False,
-    channels: int = 32, seed: int = 0, where: str = "bias",
-) -> tuple[float, float, float]:
-    """The float32 error of a ``Conv2d -> BN`` pair, folded and unfolded, in eval mode.
+def conv_bn_with_offset(
+    offset: float = 0.0, log10_spread: float = 0.0, channels: int = 32, seed: int = 0,
+    where: str = "bias",
+) -> tuple[nn.Conv2d, nn.BatchNorm2d, Tensor]:
+    """A float64 ``Conv2d -> BN`` pair in eval mode and its input, with offset pre-activations.
 
     The outputs of a ``Conv2d(16, channels, 3)`` (no padding) sit at ``offset``: added to
     its bias (``where="bias"``), or coming from inputs shifted by ``offset`` through filters
-    scaled so that their sums are 1 (``where="input"``). A BN follows, with the exact
-    statistics of those outputs and a per-channel scale
-    ``a`` drawn log-uniformly from $[10^{-s}, 10^{s}]$, ``s = log10_spread``. The reference
-    is the float64 evaluation of the float32 parameters; the error of each float32 model is
-    the largest over channels of ``max|y - y_ref| / max|y_ref|`` within the channel. The
-    fold is computed in float32, or in float64 and then rounded (``fold_in_float64``).
-    Returns ``(folded error, unfolded error, offset)``, the last being the median over
-    channels of $|\\mathrm{mean}| / \\mathrm{std}$ of the convolution's outputs.
+    scaled so that their sums are 1 (``where="input"``). The BN has the exact statistics of
+    those outputs, $\\beta \\sim N(0, 1)$, and a per-channel scale ``a`` drawn log-uniformly
+    from $[10^{-s}, 10^{s}]$, ``s = log10_spread``. Returns ``(conv, bn, x)``.
     """
     if where not in ("bias", "input"):
         raise ValueError(f"where must be 'bias' or 'input', got {where!r}")
@@ -310,21 +327,54 @@ def float32_fold_error(
         bn.running_var.copy_(var)
         bn.weight.copy_(a * torch.sqrt(var + bn.eps))
         bn.bias.copy_(torch.randn(channels, generator=g, dtype=torch.float64))
-    bn.eval()
-    conv32, bn32 = copy.deepcopy(conv).float(), copy.deepcopy(bn).float()
-    x32 = x.float()
+    return conv, bn.eval(), x
+
+
+def _fold_scaling_first(layer: nn.Module, bn: nn.Module) -> nn.Module:
+    """The fold with the bias computed as $a c + (\\beta - a\\hat\\mu)$: the same formula, in
+    an order that rounds $a c$ and $a\\hat\\mu$ separately (kept to show what the order does)."""
+    a, b = eval_affine(bn)
+    new = _with_bias(layer)
     with torch.no_grad():
-        ref = copy.deepcopy(bn32).double()(copy.deepcopy(conv32).double()(x32.double()))
-        if fold_in_float64:
-            folded = fold_batch_norm(conv32.double(), bn32.double()).float()
-            conv32, bn32 = conv32.float(), bn32.float()
-        else:
-            folded = fold_batch_norm(conv32, bn32)
-        errors = []
-        for y in (folded(x32), bn32(conv32(x32))):
-            scale = ref.abs().amax(dim=(0, 2, 3))
-            errors.append(float(((y.double() - ref).abs().amax(dim=(0, 2, 3)) / scale).max()))
-    return errors[0], errors[1], float((mean.abs() / var.sqrt()).median())
+        new.weight.mul_(a.reshape(-1, *([1] * (new.weight.dim() - 1))))
+        new.bias.copy_(a * new.bias + b)
+    return new
+
+
+def float32_fold_error(
+    offset: float = 0.0, log10_spread: float = 0.0, channels: int = 32, seed: int = 0,
+    where: str = "bias",
+) -> dict[str, float]:
+    """The float32 error of the pair of :func:`conv_bn_with_offset`, folded and unfolded.
+
+    Every model is built from the float32 parameters and run in float32; the reference is
+    the float64 evaluation of the same float32 parameters and input. The error of a model is
+    the largest over channels of ``max|y - y_ref| / max|y_ref|`` within the channel. Returns
+    a dict with the errors of ``"unfolded"`` (the conv, then the BN), ``"folded"``
+    (:func:`fold_batch_norm`, $a(c - \\hat\\mu) + \\beta$), ``"torch"`` (torch's
+    ``fuse_conv_bn_eval``) and ``"scaled first"`` ($a c + (\\beta - a\\hat\\mu)$, each fold
+    computed in float32), and ``"offset"``, the median over channels of
+    $|\\mathrm{mean}| / \\mathrm{std}$ of the convolution's outputs.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    conv, bn, x = conv_bn_with_offset(offset, log10_spread, channels, seed, where)
+    conv32, bn32, x32 = copy.deepcopy(conv).float().eval(), copy.deepcopy(bn).float(), x.float()
+    models = {
+        "unfolded": nn.Sequential(conv32, bn32),
+        "folded": fold_batch_norm(conv32, bn32),
+        "torch": fuse_conv_bn_eval(conv32, bn32),
+        "scaled first": _fold_scaling_first(conv32, bn32),
+    }
+    with torch.no_grad():
+        ref = copy.deepcopy(models["unfolded"]).double()(x32.double())
+        scale = ref.abs().amax(dim=(0, 2, 3))
+        errors = {name: float(((model(x32).double() - ref).abs().amax(dim=(0, 2, 3))
+                               / scale).max())
+                  for name, model in models.items()}
+        var, mean = torch.var_mean(conv(x), dim=(0, 2, 3))
+    errors["offset"] = float((mean.abs() / var.sqrt()).median())
+    return errors
 
 
 @dataclass
@@ -335,9 +385,10 @@ class GapResult:
     running: float  # eval mode, the running statistics left by training
     running_warmed: float  # the same with the moving average's start values divided out
     precise: float  # eval mode, after re-estimating the statistics on training batches
-    precise_biased: float  # the same with the biased (divide-by-m) variance stored, as Keras does
+    precise_biased: float  # the same with the biased (divide-by-m) variance stored, as Keras 3 does
     lag_mean: float  # mean over channels of |running mean - population mean| / population std
     lag_max: float  # the largest such distance over the channels of every BN layer
+    noise_mean: float  # lag_mean of the same moving average replayed with the final weights
 
 
 def remove_warm_up(layer: nn.Module) -> None:
@@ -358,6 +409,42 @@ def remove_warm_up(layer: nn.Module) -> None:
     with torch.no_grad():
         layer.running_mean.div_(1 - left)
         layer.running_var.sub_(left).div_(1 - left)
+
+
+def replay_running_stats(model: nn.Module, data=None, batch_size: int = 32,
+                         seed: int = 0) -> nn.Module:
+    """A copy of ``model`` whose running statistics are the moving average of training,
+    recomputed with the final weights, with its start values divided out.
+
+    Every BN layer is reset and updated, with its own momentum, over as many shuffled
+    training batches as it has seen (``num_batches_tracked``), the network in training mode
+    as during training; then :func:`remove_warm_up`. What is left is the moving average's
+    sampling noise alone: the weights did not move while it averaged, and no start value
+    remains. ``model`` is not changed.
+    """
+    from .freezing import batch_norm_layers
+    from .training import load_digits_data, minibatches, torch_threads
+
+    data = data if data is not None else load_digits_data()
+    work = copy.deepcopy(model)
+    layers = batch_norm_layers(work)
+    steps = int(layers[0].num_batches_tracked)
+    for layer in layers:
+        layer.reset_running_stats()
+    generator = torch.Generator().manual_seed(seed)
+    work.train()
+    done = 0
+    with torch_threads(1), torch.no_grad():
+        while done < steps:
+            for xb, _ in minibatches(data.x_train, data.y_train, batch_size, generator):
+                if done == steps:
+                    break
+                work(xb)
+                done += 1
+        for layer in layers:
+            if layer.momentum is not None:
+                remove_warm_up(layer)
+    return work.train(model.training)
 
 
 def train_digits_model(
@@ -399,7 +486,9 @@ def train_eval_gap(model: nn.Sequential, data=None, batch_size: int = 32,
 
     Precise BN uses ``n_batches`` shuffled training batches of ``batch_size`` (all of one
     epoch when None, the last one dropped when it is smaller, so that every batch has the
-    same size ``m`` and Algorithm 2 applies as written).
+    same size ``m`` and Algorithm 2 applies as written). The lag is measured against those
+    population statistics, for the running statistics left by training (``lag_mean``,
+    ``lag_max``) and for :func:`replay_running_stats` (``noise_mean``).
     """
     from .freezing import batch_norm_layers
     from .training import accuracy, load_digits_data, minibatches, torch_threads
@@ -430,28 +519,45 @@ def train_eval_gap(model: nn.Sequential, data=None, batch_size: int = 32,
             remove_warm_up(layer)
         running_warmed = 100 * accuracy(warmed, data.x_test, data.y_test)
         names = {id(module): name for name, module in model.named_modules()}
-        distances = []
-        for layer in batch_norm_layers(model):
-            mu, var = population[names[id(layer)]]
-            distances.append(((layer.running_mean - mu).abs() / var.sqrt()).flatten())
-        lag = torch.cat(distances)
+
+        def distances(source: nn.Module) -> Tensor:
+            out = []
+            for original, layer in zip(batch_norm_layers(model), batch_norm_layers(source),
+                                       strict=True):
+                mu, var = population[names[id(original)]]
+                out.append(((layer.running_mean - mu).abs() / var.sqrt()).flatten())
+            return torch.cat(out)
+
+        lag = distances(model)
+        noise = distances(replay_running_stats(model, data, batch_size, seed + 1))
     return GapResult(train_mode, running, running_warmed, precise, precise_biased,
-                     float(lag.mean()), float(lag.max()))
+                     float(lag.mean()), float(lag.max()), float(noise.mean()))
 
 
-def fold_benchmark(repeats: int = 30, batch: int = 32, seed: int = 0) -> dict:
+#: Repeats of ``python -m bncourse.inference bench`` unless told otherwise.
+BENCH_REPEATS = 200
+
+
+def fold_benchmark(repeats: int = BENCH_REPEATS, batch: int = 32, seed: int = 0) -> dict:
     """Eval-mode time of a small conv net, with BN and with BN folded (one thread, float32).
 
     The net is three ``Conv2d(3x3) -> BN -> ReLU`` blocks (16, 32, 64 channels) on
     ``batch`` 3x32x32 inputs, then a linear layer. Each repetition times both models once,
-    in alternating order; the result holds the median of each and the median of the paired
-    ratios ``t_folded / t_unfolded``.
+    in alternating order. The result holds the machine and the date, the one-, five- and
+    fifteen-minute load averages before and after the run (other programs competing for the
+    cores show there), the median time of each model, and the paired ratios
+    ``t_folded / t_unfolded``: their median with a distribution-free 95% interval
+    (:func:`bncourse.claims.paired_ratio`) and their quartiles.
     """
+    import os
     import statistics
     import time
 
+    from .bench import machine_info
+    from .claims import paired_ratio
     from .training import torch_threads
 
+    load_before = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     torch.manual_seed(seed)
     layers: list[nn.Module] = []
     previous = 3
@@ -467,6 +573,7 @@ def fold_benchmark(repeats: int = 30, batch: int = 32, seed: int = 0) -> dict:
     folded = fold_model(model)
     times: dict[str, list[float]] = {"unfolded": [], "folded": []}
     with torch_threads(1), torch.no_grad():
+        machine = machine_info()
         for _ in range(3):
             model(x)
             folded(x)
@@ -477,8 +584,15 @@ def fold_benchmark(repeats: int = 30, batch: int = 32, seed: int = 0) -> dict:
                 net(x)
                 times[name].append(time.perf_counter() - start)
         max_gap = float((folded(x) - model(x)).abs().max())
+    load_after = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     ratios = [f / u for f, u in zip(times["folded"], times["unfolded"], strict=True)]
+    ratio = paired_ratio(times["folded"], times["unfolded"],
+                         what="folded against unfolded eval-mode time")
+    quartiles = statistics.quantiles(ratios, n=4)
     return {
+        "command": f"python -m bncourse.inference bench --repeats {repeats}",
+        "machine": machine,
+        "load_average": {"before": load_before, "after": load_after},
         "model": "3 x (Conv2d 3x3 -> BatchNorm2d -> ReLU), 16/32/64 channels, then Linear",
         "input": [batch, 3, 32, 32],
         "dtype": "float32",
@@ -486,25 +600,25 @@ def fold_benchmark(repeats: int = 30, batch: int = 32, seed: int = 0) -> dict:
         "repeats": repeats,
         "unfolded_ms": 1e3 * statistics.median(times["unfolded"]),
         "folded_ms": 1e3 * statistics.median(times["folded"]),
-        "ratio_folded_to_unfolded": statistics.median(ratios),
+        "ratio_folded_to_unfolded": {
+            "median": ratio.median, "low": ratio.low, "high": ratio.high,
+            "confidence": ratio.confidence, "q1": quartiles[0], "q3": quartiles[2],
+        },
         "max_abs_output_difference": max_gap,
-        "torch": torch.__version__,
     }
 
 
 def _main(argv: list[str] | None = None) -> None:
     import argparse
     import json
-    import platform
     from pathlib import Path
 
     parser = argparse.ArgumentParser(prog="python -m bncourse.inference")
     parser.add_argument("command", choices=["bench"])
-    parser.add_argument("--repeats", type=int, default=60)
+    parser.add_argument("--repeats", type=int, default=BENCH_REPEATS)
     parser.add_argument("--out", default=str(Path("book") / "data" / "fold_bench.json"))
     args = parser.parse_args(argv)
     result = fold_benchmark(repeats=args.repeats)
-    result["machine"] = f"{platform.machine()} {platform.processor() or ''}".strip()
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(result, indent=2))
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+from types import SimpleNamespace
+
 import pytest
 import torch
 from hypothesis import given
@@ -193,19 +196,64 @@ def test_reestimating_equals_algorithm_2_for_equal_batches():
         population_statistics(model, [])
 
 
-def test_float32_folding_error_comes_from_cancellation_not_from_the_spread_of_the_scales():
+def test_a_float32_fold_with_a_large_offset_in_the_bias_is_as_accurate_as_torchs_fusion():
     from bncourse.inference import float32_fold_error
 
-    flat = [float32_fold_error(log10_spread=s)[0] for s in (0.0, 2.0, 4.0)]
-    assert max(flat) < 4 * min(flat) < 1e-5
-    folded32, unfolded, offset = float32_fold_error(1e4, where="bias")
-    folded64, _, _ = float32_fold_error(1e4, where="bias", fold_in_float64=True)
-    assert offset > 1e4 and unfolded > 100 * flat[0] and folded32 > 100 * flat[0]
-    assert folded64 < 4 * flat[0], "a fold computed in float64 removes the bias's cancellation"
-    through_input, _, _ = float32_fold_error(1e4, where="input", fold_in_float64=True)
-    assert through_input > 100 * flat[0], "an offset in the input cancels inside the layer"
+    errors = float32_fold_error(1e4, where="bias")
+    assert errors["offset"] > 1e4
+    assert errors["folded"] < 1e-6, f"a(c - mean) + beta in float32: {errors['folded']:.2g}"
+    assert errors["folded"] <= 1.5 * errors["torch"], (
+        f"bncourse's float32 fold ({errors['folded']:.2g}) should be as accurate as torch's "
+        f"fuse_conv_bn_eval ({errors['torch']:.2g})")
+    assert errors["unfolded"] > 100 * errors["folded"], "rounding z to float32 loses digits"
+    assert errors["scaled first"] > 100 * errors["folded"], (
+        "a c + (beta - a mean) rounds the two large products separately")
+
+
+def test_c_minus_mean_is_exact_in_float32_when_the_offset_is_in_the_bias():
+    """Sterbenz's lemma: c and the running mean are within a factor 2, so c - mean is exact."""
+    from bncourse.inference import conv_bn_with_offset
+
+    for offset in (1.0, 1e2, 1e4):
+        conv, bn, _ = conv_bn_with_offset(offset)
+        c, mean = conv.bias.float(), bn.running_mean.float()
+        assert bool(((mean / 2 <= c) & (c <= 2 * mean)).all())
+        exact = c.double() - mean.double()
+        assert torch.equal((c - mean).double(), exact), f"offset {offset}: c - mean rounded"
+
+
+@given(st.floats(2.0**-100, 2.0**100, width=32), st.floats(0.5, 2.0, width=32), st.booleans())
+def test_sterbenz_a_float32_difference_within_a_factor_two_is_exact(y, ratio, negative):
+    y32 = torch.tensor(-y if negative else y, dtype=torch.float32)
+    x32 = (y32 * ratio).float()
+    if not (y32.abs() / 2 <= x32.abs() <= 2 * y32.abs()):
+        return  # the product's rounding left the factor-two window
+    assert (x32 - y32).double() == x32.double() - y32.double()
+
+
+def test_an_offset_from_the_input_costs_folded_and_unfolded_alike_and_the_spread_of_a_nothing():
+    from bncourse.inference import float32_fold_error
+
+    through_input = float32_fold_error(1e4, where="input")
+    assert through_input["unfolded"] > 1e-4, "an offset in the input cancels inside the layer"
+    assert 0.5 < through_input["folded"] / through_input["unfolded"] < 2
+    flat = [float32_fold_error(log10_spread=s) for s in (0.0, 2.0, 4.0)]
+    assert all(e[name] < 1e-6 for e in flat for name in ("unfolded", "folded", "torch"))
     with pytest.raises(ValueError, match="where"):
         float32_fold_error(where="weights")
+
+
+def test_folding_keeps_the_layers_dtype_and_matches_torch_in_float32():
+    torch.manual_seed(4)
+    conv = nn.Conv2d(3, 5, 3, dtype=torch.float32).eval()
+    bn64 = _trained_bn(5, 2, layer="conv2d")          # float64 statistics
+    folded = fold_batch_norm(conv, bn64)
+    assert folded.weight.dtype == folded.bias.dtype == torch.float32
+    bn32 = copy.deepcopy(bn64).float()
+    theirs = fuse_conv_bn_eval(conv, bn32)
+    ours = fold_batch_norm(conv, bn32)
+    assert torch.allclose(ours.weight, theirs.weight, rtol=1e-6, atol=0)
+    assert torch.allclose(ours.bias, theirs.bias, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("mode", ["replicate", "reflect", "circular"])
@@ -236,3 +284,45 @@ def test_removing_the_warm_up_leaves_the_weighted_average_of_the_batch_statistic
         remove_warm_up(nn.BatchNorm1d(2, momentum=None))
     with pytest.raises(ValueError, match="no batch"):
         remove_warm_up(nn.BatchNorm1d(2))
+
+
+def test_replaying_the_moving_average_with_the_final_weights_averages_their_batch_statistics():
+    from bncourse.inference import replay_running_stats
+    from bncourse.training import minibatches
+
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(3, 2, bias=False, dtype=D), nn.BatchNorm1d(2, momentum=0.3,
+                                                                                dtype=D))
+    x = torch.randn(20, 3, dtype=D) * 2 + 1
+    data = SimpleNamespace(x_train=x, y_train=torch.zeros(20, dtype=torch.int64))
+    with torch.no_grad():
+        for _ in range(7):                     # training: seven updates of the running statistics
+            model(x[:8])
+    before = model[1].running_mean.clone()
+    replayed = replay_running_stats(model, data, batch_size=8, seed=3)
+    assert torch.equal(model[1].running_mean, before), "the model itself is left unchanged"
+    assert int(replayed[1].num_batches_tracked) == 7
+    # by hand: the same shuffled batches, through the same (final) weights, EMA from 0, divided out
+    generator = torch.Generator().manual_seed(3)
+    means = []
+    while len(means) < 7:
+        for xb, _ in minibatches(x, data.y_train, 8, generator):
+            if len(means) < 7:
+                means.append((xb @ model[0].weight.T).mean(0))
+    weights = torch.tensor([0.3 * 0.7 ** (6 - k) for k in range(7)], dtype=D)
+    want = (weights[:, None] * torch.stack(means)).sum(0) / weights.sum()
+    assert torch.allclose(replayed[1].running_mean, want, rtol=1e-12, atol=1e-14)
+    assert model.training, "the model's mode is left as it was"
+
+
+def test_the_fold_benchmark_records_its_command_machine_load_and_the_ratios_interval():
+    from bncourse.inference import fold_benchmark
+
+    result = fold_benchmark(repeats=6, batch=2)
+    assert result["command"] == "python -m bncourse.inference bench --repeats 6"
+    assert result["repeats"] == 6 and "date" in result["machine"]
+    assert len(result["load_average"]["before"]) == len(result["load_average"]["after"]) == 3
+    ratio = result["ratio_folded_to_unfolded"]
+    assert ratio["low"] <= ratio["median"] <= ratio["high"] and ratio["confidence"] == 0.95
+    assert ratio["q1"] <= ratio["median"] <= ratio["q3"]
+    assert result["max_abs_output_difference"] < 1e-4

@@ -303,7 +303,7 @@ FOLD_ORDER = ChoiceExercise(
 GAP_REASON = ChoiceExercise(
     id="inference.gap_reason",
     chapter=5,
-    title="Why is eval mode worse?",
+    title="Why do the running statistics score lower?",
     options={
         "a": "the running statistics are not those of the final weights: with momentum 0.01 the "
         "moving average still carries part of its start values after 80 steps, and the rest "
