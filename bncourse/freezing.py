@@ -203,17 +203,31 @@ def keras_update_moving_stats(
     moving_var: np.ndarray,
     x: np.ndarray,
     momentum: float = 0.99,
+    *,
+    stored_variance: str = "biased",
 ) -> tuple[np.ndarray, np.ndarray]:
     r"""One update of Keras' moving statistics (``BatchNormalization`` in training mode).
 
     $\hat\mu \leftarrow \rho\,\hat\mu + (1 - \rho)\,\mu_B$ and
-    $\hat\sigma^2 \leftarrow \rho\,\hat\sigma^2 + (1 - \rho)\,\sigma_B^2$, with
-    ``momentum`` $= \rho$ the weight of the *old* value (Keras' default 0.99) and the
-    **biased** batch variance $\sigma_B^2$ (divide by $m$): Keras' layer undoes the Bessel
-    correction that a fused kernel applies, so ``moving_variance`` holds the variance the
-    layer normalizes with. PyTorch stores the unbiased one instead
-    (:func:`bncourse.functional.update_running_stats`). ``x`` has shape ``(N, C, ...)``
-    (channels on axis 1, as everywhere in bncourse). Returns new arrays.
+    $\hat\sigma^2 \leftarrow \rho\,\hat\sigma^2 + (1 - \rho)\,v_B$, with ``momentum``
+    $= \rho$ the weight of the *old* value (Keras' default 0.99). Which batch variance $v_B$
+    is stored depends on the version, and ``stored_variance`` says which one is modelled:
+
+    * ``"biased"`` (the default): $v_B = \sigma_B^2$, divide by $m$, the variance the layer
+      normalizes with. Keras 3 stores this one: it has no fused kernel and takes the batch
+      statistics from ``ops.moments``, which divides by $m$. tf.keras 2 (Keras 2) stores it
+      on its non-fused path, which a layer takes for inputs that are not 4-D or 5-D (after
+      ``Dense``, for example).
+    * ``"unbiased"``: $v_B = \frac{m}{m-1}\sigma_B^2$, as PyTorch stores
+      (:func:`bncourse.functional.update_running_stats`). tf.keras 2 stores this one on its
+      fused path, its default for 4-D and 5-D inputs (the outputs of ``Conv2D`` and
+      ``Conv3D``): TensorFlow's fused kernel (``fused_batch_norm_op.cc``) applies Bessel's
+      correction, and the layer leaves it in place, because it sets
+      ``_bessels_correction_test_only = True`` and its
+      ``_maybe_add_or_remove_bessels_correction`` then returns the variance unchanged.
+
+    With $m$ the number of values per channel. ``x`` has shape ``(N, C, ...)`` (channels on
+    axis 1, as everywhere in bncourse). Returns new arrays.
     """
     x = np.asarray(x, dtype=np.float64)
     if x.ndim < 2:
@@ -223,11 +237,20 @@ def keras_update_moving_stats(
             f"Keras' momentum is the weight of the old value and must lie in [0, 1); got "
             f"{momentum}. (PyTorch's 0.1 is Keras' 0.9.)"
         )
+    if stored_variance not in ("biased", "unbiased"):
+        raise ValueError(
+            f"stored_variance must be 'biased' (Keras 3; tf.keras 2 after Dense) or "
+            f"'unbiased' (tf.keras 2's fused path, 4-D and 5-D inputs); got {stored_variance!r}"
+        )
     axes = (0, *range(2, x.ndim))
-    if x.size // x.shape[1] < 1:
+    m = x.size // x.shape[1] if x.shape[1] else 0
+    if m < 1:
         raise ValueError(f"x of shape {x.shape} has no value per channel")
+    if stored_variance == "unbiased" and m < 2:
+        raise ValueError(f"the unbiased variance needs at least 2 values per channel; x of "
+                         f"shape {x.shape} has {m}")
     mean = x.mean(axis=axes)
-    biased_var = x.var(axis=axes)
+    batch_var = x.var(axis=axes, ddof=0 if stored_variance == "biased" else 1)
     moving_mean = np.asarray(moving_mean, dtype=np.float64)
     moving_var = np.asarray(moving_var, dtype=np.float64)
     for name, v in (("moving_mean", moving_mean), ("moving_var", moving_var)):
@@ -235,4 +258,4 @@ def keras_update_moving_stats(
             raise ValueError(f"{name} must have shape {mean.shape} (one per channel); "
                              f"got {v.shape}")
     return (momentum * moving_mean + (1 - momentum) * mean,
-            momentum * moving_var + (1 - momentum) * biased_var)
+            momentum * moving_var + (1 - momentum) * batch_var)

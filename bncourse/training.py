@@ -9,7 +9,7 @@ network (see :data:`VARIANTS`): every weight, only BN's $\\gamma$ and $\\beta$, 
 output layer, the output layer alone (random features with a trained linear readout), as many
 randomly chosen non-BN weights as BN has parameters, and nothing. Each variant's learning
 rate is chosen by :func:`select_learning_rates` on a validation split carved from the
-training set, never the test set. That selection is the expensive part (90 training runs),
+training set, never the test set. That selection is the expensive part (105 training runs),
 so it is stored: ``python -m bncourse.training`` runs it and writes
 ``book/data/train_only_bn_lr.json``, which chapter 3 reads (and re-checks in part). Progress
 is shown with tqdm when the environment variable ``BNCOURSE_QUIET`` is unset.
@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .claims import Estimate
+from .claims import paired_difference as _paired_difference
 from .freezing import (
     batch_norm_layers,
     freeze_batch_norm,
@@ -43,6 +45,7 @@ __all__ = [
     "quiet",
     "minibatches",
     "accuracy",
+    "correct_predictions",
     "select_trainable",
     "train",
     "ExperimentResult",
@@ -53,6 +56,7 @@ __all__ = [
     "split_validation",
     "LRSelection",
     "select_learning_rates",
+    "best_rate",
     "switched_off_fraction",
     "output_layer",
     "torch_threads",
@@ -70,8 +74,10 @@ VARIANTS = ("all", "bn_output", "bn_only", "output_only", "random_subset", "none
 #: The variants that train something (and so need a learning rate).
 TRAINED_VARIANTS = VARIANTS[:-1]
 
-#: The learning rates :func:`select_learning_rates` tries by default (Adam).
-LR_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
+#: The learning rates :func:`select_learning_rates` tries by default (Adam). The grid reaches
+#: 1.0 so that every variant's best rate lies inside it, not at its edge (BN alone does best at
+#: 0.3).
+LR_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
 
 @contextmanager
@@ -217,6 +223,22 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     model.eval()
     try:
         return float((model(x).argmax(dim=1) == y).float().mean())
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def correct_predictions(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """One boolean per example: is the largest class score the label? (eval mode).
+
+    The mean is :func:`accuracy`; two models scored on the same examples give paired
+    values, whose difference :func:`bncourse.claims.paired_difference` turns into a mean
+    with its standard error.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        return model(x).argmax(dim=1) == y
     finally:
         model.train(was_training)
 
@@ -398,13 +420,17 @@ class ExperimentResult:
         """Smallest and largest test accuracy of ``variant`` over the seeds."""
         return float(np.min(self.accuracy[variant])), float(np.max(self.accuracy[variant]))
 
-    def paired_difference(self, a: str, b: str) -> tuple[float, float]:
-        """Mean and standard error of ``accuracy[a] - accuracy[b]``, seed by seed.
+    def paired_difference(self, a: str, b: str) -> Estimate:
+        """``accuracy[a] - accuracy[b]`` seed by seed, in percentage points.
 
-        Both variants start from the same random network for a given seed, so the paired
-        difference removes the part of the scatter that the two share.
+        Mean, standard error, count and 95% interval
+        (:func:`bncourse.claims.paired_difference`). Both variants start from the same random
+        network for a given seed, so the pairing removes the part of the scatter that the two
+        share.
         """
-        return _mean_and_sem(np.subtract(self.accuracy[a], self.accuracy[b]))
+        return _paired_difference(100 * np.asarray(self.accuracy[a]),
+                                  100 * np.asarray(self.accuracy[b]),
+                                  what=f"test accuracy, {a} minus {b} (points)")
 
 
 def _run_variant(
@@ -502,7 +528,9 @@ class LRSelection:
 
     ``accuracy[variant][i][j]`` is the validation accuracy at ``lrs[i]`` for ``seeds[j]``;
     ``chosen[variant]`` is the rate with the highest mean over the seeds (the smaller rate
-    on a tie). The other fields record the settings, so the selection can be repeated.
+    on a tie). The other fields record the settings, so the selection can be repeated;
+    ``provenance`` (written by :func:`main`) records the command that made the stored file,
+    the runs it repeats, the date, the machine and its load average before and after.
     """
 
     lrs: tuple[float, ...]
@@ -514,6 +542,7 @@ class LRSelection:
     split_seed: int
     accuracy: dict[str, list[list[float]]] = field(default_factory=dict)
     chosen: dict[str, float] = field(default_factory=dict)
+    provenance: dict[str, object] | None = None
 
     def mean_accuracy(self, variant: str) -> np.ndarray:
         """Mean validation accuracy over the seeds, one value per learning rate."""
@@ -580,9 +609,20 @@ def select_learning_rates(
         selection.accuracy[variant] = [
             [scores[variant, r, s] for s in selection.seeds] for r in selection.lrs
         ]
-        means = selection.mean_accuracy(variant)
-        selection.chosen[variant] = selection.lrs[int(np.argmax(means))]  # first max: smaller
+        selection.chosen[variant] = best_rate(selection.lrs, selection.mean_accuracy(variant))
     return selection
+
+
+def best_rate(lrs: Sequence[float], mean_accuracy: Sequence[float]) -> float:
+    """The rate with the highest mean accuracy, and the smaller rate on a tie.
+
+    The means are compared rounded to 1e-6: an accuracy is a count over the validation
+    examples, stored as a float32 ratio, so two rates with the same total count can have means
+    that differ in their last bits, and without the rounding that round-off, not the rule,
+    would break the tie. (Distinct counts differ by far more: 1/(seeds x examples).)
+    """
+    means = np.round(np.asarray(mean_accuracy, dtype=np.float64), 6)
+    return float(lrs[int(np.argmax(means))])  # argmax takes the first maximum: the smaller
 
 
 def bn_parameter_count(model: nn.Module) -> int:
@@ -657,6 +697,11 @@ def drift_while_frozen(
     return DriftResult(np.arange(steps + 1), np.array(drifts), np.array(accuracies), model)
 
 
+def _load_average() -> float | None:
+    """The one-minute load average (None where the OS does not report one)."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
 #: Where :func:`main` writes the selection and chapter 3 reads it.
 LR_FILE = Path(__file__).resolve().parent.parent / "book" / "data" / "train_only_bn_lr.json"
 
@@ -670,7 +715,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("path", nargs="?", default=str(LR_FILE),
                         help="where to write the JSON (default: book/data/train_only_bn_lr.json)")
     args = parser.parse_args(argv)
-    selection = select_learning_rates(load_digits_data())
+    import time
+
+    from .bench import machine_info
+
+    load_before = _load_average()
+    start = time.perf_counter()
+    selection = select_learning_rates(load_digits_data(), threads=1)
+    seconds = time.perf_counter() - start
+    selection.provenance = {
+        "command": "python -m bncourse.training",
+        "runs": (f"{len(selection.chosen)} variants x {len(selection.lrs)} learning rates x "
+                 f"{len(selection.seeds)} seeds, one training run each"),
+        "machine": machine_info(),
+        "threads_per_run": 1,
+        "load_average": [load_before, _load_average()],
+        "seconds": round(seconds),
+    }
     selection.to_json(args.path)
     for variant, rate in selection.chosen.items():
         means = np.round(100 * selection.mean_accuracy(variant), 1).tolist()

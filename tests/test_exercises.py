@@ -874,3 +874,28 @@ def test_page_answer_reads_a_field_as_the_page_does():
     for text in ("1/4", "0x10", "1_000", "inf", "nan", "abc", ""):
         assert page_answer(text, "number") == text
     assert page_answer("(b)", "choice") == "(b)"
+
+
+@pytest.mark.parametrize("bn_class", ["torch", "bncourse"])
+def test_the_inference_mode_exercise_is_what_torch_does(bn_class):
+    # parameters.inference_mode_train: a BN layer in train() mode called inside
+    # torch.inference_mode(). The reference answer (c) must be what happens, and each wrong
+    # option's claim must be false: no error (b), the batch's statistics are used (a), and the
+    # running statistics move (a, d). The outputs are inference tensors (c).
+    import bncourse
+
+    exercise = EXERCISES["parameters.inference_mode_train"]
+    assert exercise.answer == "c"
+    layer = torch.nn.BatchNorm1d(3) if bn_class == "torch" else bncourse.BatchNorm(3)
+    layer.train()
+    x = torch.randn(16, 3, generator=torch.Generator().manual_seed(0)) + 5.0
+    with torch.inference_mode():
+        y = layer(x)                                        # (b): no error
+    assert layer.training, "inference_mode must not change the module's mode"
+    batch = (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + layer.eps)
+    assert torch.allclose(y, batch, atol=1e-5), "(a): the batch's statistics are used"
+    assert torch.allclose(layer.running_mean, 0.1 * x.mean(0)), "(a, d): the statistics move"
+    assert int(layer.num_batches_tracked) == 1
+    assert y.is_inference() and not layer.running_mean.is_inference()
+    with pytest.raises(RuntimeError, match="[Ii]nference tensors"):
+        (y * torch.ones(3, requires_grad=True)).sum().backward()

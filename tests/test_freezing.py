@@ -273,3 +273,63 @@ def test_keras_update_rejects_bad_input():
         keras_update_moving_stats(np.zeros(3), np.ones(3), np.ones((4, 2)))
     with pytest.raises(ValueError, match="shape"):
         keras_update_moving_stats(np.zeros(2), np.ones(2), np.ones(4))
+
+
+@pytest.mark.parametrize("shape", [(8, 3), (2, 3, 3, 2), (2, 2, 2, 3, 3)])
+def test_keras_update_of_tf_keras2_fused_path_is_pytorchs_update(shape):
+    # tf.keras 2 keeps the fused kernel's Bessel-corrected variance (4-D and 5-D inputs): with
+    # the converted momentum its moving statistics are PyTorch's running statistics.
+    rng = np.random.default_rng(len(shape))
+    x = rng.normal(-1.0, 2.0, shape)
+    c = shape[1]
+    start_mean, start_var = rng.normal(size=c), rng.uniform(0.5, 2.0, c)
+    rho = 0.99
+    k_mean, k_var = keras_update_moving_stats(start_mean, start_var, x, momentum=rho,
+                                              stored_variance="unbiased")
+    t_mean, t_var = update_running_stats(start_mean, start_var, x, keras_to_torch_momentum(rho))
+    assert np.allclose(k_mean, t_mean, rtol=1e-13, atol=1e-13), "means must agree"
+    assert np.allclose(k_var, t_var, rtol=1e-13), f"variances {k_var} and {t_var}"
+
+
+def test_keras_update_names_the_conventions_it_knows():
+    with pytest.raises(ValueError, match="biased"):
+        keras_update_moving_stats(np.zeros(2), np.ones(2), np.ones((4, 2)),
+                                  stored_variance="population")
+    with pytest.raises(ValueError, match="at least 2"):
+        keras_update_moving_stats(np.zeros(2), np.ones(2), np.ones((1, 2)),
+                                  stored_variance="unbiased")
+
+
+def test_reestimate_differs_from_update_bn_in_modes_and_frozen_layers():
+    # What chapter 3 says about torch.optim.swa_utils.update_bn: it runs the pass with every
+    # module in train mode (dropout on) and restores only the model's top-level flag, so a
+    # submodule's own mode is lost; reestimate_running_stats keeps dropout off and gives every
+    # module its own mode back. A BN layer frozen by freeze_batch_norm refuses train mode:
+    # update_bn resets its statistics and then never updates them.
+    def net():
+        torch.manual_seed(3)
+        return nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.Dropout(0.5),
+                             nn.Linear(5, 4), nn.BatchNorm1d(4)).double()
+
+    x = _x(32, seed=4)
+    ours, theirs = net(), net()
+    for model in (ours, theirs):
+        model.train()
+        model[2].eval()                                  # dropout off, in a training model
+    reestimate_running_stats(ours, [x])
+    torch.optim.swa_utils.update_bn([x], theirs)
+    assert [m.training for m in ours] == [True, True, False, True, True]
+    assert [m.training for m in theirs] == [True] * 5, "update_bn restores one flag for all"
+    # Dropout was on during update_bn's pass, so the statistics after it differ from ours.
+    assert not torch.allclose(ours[4].running_var, theirs[4].running_var)
+
+    frozen_ours, frozen_theirs = freeze_batch_norm(net()), freeze_batch_norm(net())
+    reestimate_running_stats(frozen_ours, [x])
+    torch.optim.swa_utils.update_bn([x], frozen_theirs)
+    for layer in batch_norm_layers(frozen_theirs):
+        assert torch.equal(layer.running_mean, torch.zeros_like(layer.running_mean))
+        assert torch.equal(layer.running_var, torch.ones_like(layer.running_var))
+    with torch.no_grad():
+        z = frozen_ours[0](x)
+    assert torch.allclose(frozen_ours[1].running_mean, z.mean(0), rtol=1e-12, atol=1e-12)
+    assert all(is_frozen(layer) for layer in batch_norm_layers(frozen_ours))

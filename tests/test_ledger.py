@@ -154,3 +154,18 @@ def test_test_declarations_are_read_from_decorators(tmp_path):
     assert [(d.label, d.test) for d in found] == [
         ("eq-1", "tests/test_x.py::test_y"), ("thm-2", "tests/test_x.py::test_y")
     ]
+
+
+@pytest.mark.parametrize("source, asserts", [
+    ("assert_ordered(paired_difference(a, b), sign=1, what='A above B')", True),
+    ("assert_indistinguishable(d, what='no difference')", True),
+    ("gap = assert_close(x, y)", True),
+    ("assert x > 0", True),
+    ("print(paired_difference(a, b))", False),
+    ("my_assert_ordered(x)", False),
+])
+def test_a_check_asserts_with_assert_or_a_claims_assertion(tmp_path, source, asserts):
+    path = tmp_path / "nb.ipynb"
+    path.write_text(json.dumps(_notebook([_cell("code", source, {"verifies": ["eq-x"]})])))
+    _, problems = ledger.notebook_declarations(path, "nb")
+    assert (not problems) == asserts, problems

@@ -123,9 +123,10 @@ def test_experiment_result_standard_errors_and_paired_difference():
     result.accuracy = {"a": [0.9, 0.8, 0.85, 0.95], "b": [0.7, 0.75, 0.6, 0.8]}
     a, b = np.array(result.accuracy["a"]), np.array(result.accuracy["b"])
     assert result.sem("a") == pytest.approx(np.std(a, ddof=1) / 2)
-    mean, sem = result.paired_difference("a", "b")
-    d = a - b
-    assert mean == pytest.approx(d.mean()) and sem == pytest.approx(d.std(ddof=1) / 2)
+    diff = result.paired_difference("a", "b")           # in percentage points
+    d = 100 * (a - b)
+    assert diff.mean == pytest.approx(d.mean()) and diff.se == pytest.approx(d.std(ddof=1) / 2)
+    assert diff.n == 4 and diff.low < diff.mean < diff.high
 
 
 def test_validation_split_comes_from_the_training_set_only(data):
@@ -228,7 +229,7 @@ def test_drift_while_frozen_shows_the_pitfall_and_the_fix(data):
 
 
 def test_lr_selection_round_trips_through_json_and_the_stored_file_is_consistent(data, tmp_path):
-    from bncourse.training import LR_FILE, LRSelection
+    from bncourse.training import LR_FILE, LRSelection, best_rate
 
     sel = select_learning_rates(data, variants=("output_only",), lrs=(0.01, 0.1), seeds=(5,),
                                 widths=(8,), epochs=1, progress=False)
@@ -240,7 +241,36 @@ def test_lr_selection_round_trips_through_json_and_the_stored_file_is_consistent
     stored = LRSelection.from_json(LR_FILE)
     for variant, rate in stored.chosen.items():
         means = stored.mean_accuracy(variant)
-        assert rate == stored.lrs[int(np.argmax(means))], (
+        assert rate == best_rate(stored.lrs, means), (
             f"{variant}: stored choice {rate} is not the best validation mean {means}"
         )
     assert set(stored.chosen) == set(TRAINED_VARIANTS)
+    # The stored file says how it was made (chapter 3 names the command).
+    prov = stored.provenance
+    assert prov is not None and prov["command"] == "python -m bncourse.training"
+    assert {"runs", "machine", "load_average", "seconds"} <= set(prov)
+    assert "date" in prov["machine"]
+
+
+def test_correct_predictions_average_to_the_accuracy_and_keep_the_mode(data):
+    from bncourse.training import correct_predictions
+
+    model = make_mlp((8,), seed=2)
+    train(model, data, epochs=1, seed=2, progress=False)
+    model.train()
+    hits = correct_predictions(model, data.x_test, data.y_test)
+    assert hits.dtype == torch.bool and hits.shape == data.y_test.shape
+    assert float(hits.double().mean()) == pytest.approx(accuracy(model, data.x_test, data.y_test))
+    assert model.training, "the model's mode must be restored"
+
+
+def test_a_tie_in_validation_accuracy_goes_to_the_smaller_rate_whatever_the_round_off():
+    from bncourse.training import best_rate
+
+    # 737 of 756 validation answers right at both rates: three seeds' float32 accuracies
+    # (as training.accuracy returns them) whose float64 means differ in their last bits.
+    per_seed = [[246, 246, 245], [247, 246, 244]]
+    means = [np.mean([float(np.float32(c / 252)) for c in counts]) for counts in per_seed]
+    assert means[0] != means[1], "the example must carry round-off"
+    assert best_rate((0.003, 0.01), means) == 0.003
+    assert best_rate((0.003, 0.01), [0.97, 0.9713]) == 0.01

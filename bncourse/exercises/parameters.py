@@ -107,8 +107,9 @@ RUNNING_STATS = FunctionExercise(
         ),
         Mistake(
             "keras_and_biased",
-            "this is Keras' update, momentum convention and biased variance both; PyTorch's "
-            "momentum weights the new batch and PyTorch stores the unbiased variance.",
+            "this is Keras 3's update, momentum convention and biased variance both; "
+            "PyTorch's momentum weights the new batch and PyTorch stores the unbiased "
+            "variance.",
             _keras_and_biased,
         ),
         Mistake(
@@ -191,9 +192,10 @@ K_UPDATES = NumberExercise(
 # Porting the momentum
 # --------------------------------------------------------------------------------------
 
-# PyTorch's BatchNorm1d(momentum=0.1) ported to Keras with the converted momentum 0.9. Both
+# PyTorch's BatchNorm1d(momentum=0.1) ported to Keras 3 with the converted momentum 0.9. Both
 # start at variance 1; one batch of m = 5 values 1, 2, 3, 4, 5 (biased variance 2, unbiased
-# 2.5) in one channel.
+# 2.5) in one channel. Keras 3 stores the biased variance (tests/test_keras_facts.py runs the
+# real layer); so does tf.keras 2 for such a 2-D input, on its non-fused path.
 _PORT_VALUES = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
 _BIASED, _UNBIASED = float(_PORT_VALUES.var()), float(_PORT_VALUES.var(ddof=1))
 
@@ -205,20 +207,20 @@ def _keras_moving_var(rho: float, batch_var: float) -> float:
 KERAS_MOMENTUM = NumberExercise(
     id="parameters.keras_momentum",
     chapter=3,
-    title="A PyTorch layer ported to Keras: the moving variance",
+    title="A PyTorch layer ported to Keras 3: the moving variance",
     value=_keras_moving_var(0.9, _BIASED),
     rtol=1e-6,
     hints=(
         "First convert the momentum: Keras' momentum is the weight of the old value, "
         "PyTorch's the weight of the new batch.",
-        "Then: which batch variance does Keras put into moving_variance, the one that "
+        "Then: which batch variance does Keras 3 put into moving_variance, the one that "
         "divides by m or the one that divides by m - 1?",
     ),
     mistakes=(
         Mistake(
             "unbiased_like_torch",
-            "that is what PyTorch stores (the unbiased variance, 2.5 here); Keras stores the "
-            "biased batch variance, the one the layer normalizes with (divide by m).",
+            "that is what PyTorch stores (the unbiased variance, 2.5 here); Keras 3 stores "
+            "the biased batch variance, the one the layer normalizes with (divide by m).",
             _keras_moving_var(0.9, _UNBIASED),
         ),
         Mistake(
@@ -230,7 +232,8 @@ KERAS_MOMENTUM = NumberExercise(
         Mistake(
             "momentum_not_converted_unbiased",
             "two things: the momentum 0.1 was ported unchanged (Keras' momentum weights the "
-            "old value: use 1 - 0.1), and Keras stores the biased variance, not the unbiased.",
+            "old value: use 1 - 0.1), and Keras 3 stores the biased variance, not the "
+            "unbiased.",
             _keras_moving_var(0.1, _UNBIASED),
         ),
         Mistake(
@@ -248,7 +251,7 @@ KERAS_MOMENTUM = NumberExercise(
         Mistake(
             "replaced_unbiased",
             "the moving variance is not replaced by the batch's (it keeps the momentum's share "
-            "of the old value 1), and Keras stores the biased variance.",
+            "of the old value 1), and Keras 3 stores the biased variance.",
             _UNBIASED,
         ),
     ),
@@ -488,46 +491,53 @@ CUMULATIVE = FunctionExercise(
 )
 
 # --------------------------------------------------------------------------------------
-# Reasoning: train mode inside torch.no_grad()
+# Reasoning: train mode inside torch.inference_mode()
 # --------------------------------------------------------------------------------------
 
-NO_GRAD_TRAIN = ChoiceExercise(
-    id="parameters.no_grad_train",
+INFERENCE_MODE_TRAIN = ChoiceExercise(
+    id="parameters.inference_mode_train",
     chapter=3,
-    title="Train mode inside torch.no_grad()",
+    title="Train mode inside torch.inference_mode()",
     options={
-        "a": "No: inside torch.no_grad() nothing is updated, because no gradient is computed.",
-        "b": "Yes: the layer is in training mode, so each forward pass moves the running "
-        "statistics towards the batch's; torch.no_grad() only stops gradient recording.",
-        "c": "No: the running statistics change only when an optimizer step is taken.",
-        "d": "Yes, and the outputs are normalized with the running statistics, as in "
-        "evaluation.",
+        "a": "The layer normalizes with its running statistics and leaves them unchanged: "
+        "inference mode is PyTorch's switch for inference.",
+        "b": "The call raises an error: the running statistics cannot be updated in place "
+        "inside inference mode.",
+        "c": "The layer normalizes with the batch's statistics and moves its running "
+        "statistics, as in any training-mode pass; the outputs are inference tensors, which "
+        "autograd cannot use afterwards.",
+        "d": "The layer normalizes with the batch's statistics but leaves its running "
+        "statistics unchanged, because inference mode makes every tensor read-only.",
     },
-    answer="b",
+    answer="c",
     hints=(
-        "Which mechanism moves the running statistics: the optimizer, or the forward pass in "
-        "training mode?",
-        "What does torch.no_grad() switch off, and does it change module.training?",
+        "Which switch decides between the batch's statistics and the running ones: "
+        "module.training, or a context manager? Does torch.inference_mode() change "
+        "module.training?",
+        "Inference mode restricts the tensors created inside it. Are the running statistics "
+        "created inside it, or were they registered as buffers when the layer was built?",
     ),
     mistakes=(
         Mistake(
-            "no_grad_stops_updates",
-            "torch.no_grad() stops autograd from recording the graph, nothing else; the running "
-            "statistics never needed a gradient. The layer is still in training mode, so "
-            "every forward pass updates them.",
+            "inference_mode_is_eval",
+            "torch.inference_mode() is a stricter torch.no_grad(): it turns off autograd, "
+            "and it never calls eval(). The layer is still in training mode, so it normalizes "
+            "with the batch's statistics and updates its running statistics.",
             "a",
         ),
         Mistake(
-            "learned_by_optimizer",
-            "the running mean and variance are buffers, not parameters: no optimizer touches "
-            "them. The forward pass in training mode moves them, with or without an optimizer.",
-            "c",
+            "in_place_update_refused",
+            "inference mode forbids changing an inference tensor (one created inside it) in "
+            "place outside it, not changing an ordinary tensor inside it. The running "
+            "statistics are ordinary buffers, created with the layer: the call runs, and "
+            "they move.",
+            "b",
         ),
         Mistake(
-            "no_grad_is_eval",
-            "the statistics do move, but in training mode the layer normalizes with the "
-            "batch's own statistics; only eval() makes it use the running ones, and "
-            "torch.no_grad() does not call eval().",
+            "statistics_read_only",
+            "the output is computed from the batch's statistics, that part is right; but "
+            "nothing is read-only here: the running statistics are ordinary buffers, and the "
+            "training-mode pass updates them in place.",
             "d",
         ),
     ),
@@ -580,5 +590,5 @@ FROZEN_DRIFT = ChoiceExercise(
 
 EXERCISES: list[Exercise] = [
     RUNNING_STATS, K_UPDATES, KERAS_MOMENTUM, NON_TRAINABLE, FREEZE_CHOICE, CUMULATIVE,
-    NO_GRAD_TRAIN, FROZEN_DRIFT,
+    INFERENCE_MODE_TRAIN, FROZEN_DRIFT,
 ]

@@ -6,8 +6,9 @@ A *statement* is a labelled display equation (``$$ ... $$ (eq-label)``), a
 checked like an equation). A statement is declared in one of three ways (CONTRIBUTING.md):
 
 * an executed check: a notebook code cell whose metadata holds
-  ``"ledger": {"verifies": [labels]}``; the cell must assert (``assert`` or
-  ``assert_close``), and the page gives it an anchor the ledger links to;
+  ``"ledger": {"verifies": [labels]}``; the cell must assert (``assert``, or
+  ``assert_close``, ``assert_ordered`` or ``assert_indistinguishable`` of
+  ``bncourse.claims``), and the page gives it an anchor the ledger links to;
 * a test: a function or class in ``tests/`` decorated ``@pytest.mark.verifies(labels)``;
 * a definition: a notebook markdown cell whose metadata holds ``"ledger": {"defines": [labels]}``.
 
@@ -40,7 +41,8 @@ logger = logging.getLogger(__name__)
 
 #: sphinx-proof kinds whose statements must be checked.
 CHECKED_PROOF_KINDS = ("theorem", "proposition", "lemma", "corollary")
-_ASSERTS = re.compile(r"(^|\W)(assert\s|assert_close\()", re.MULTILINE)
+_ASSERTS = re.compile(r"(^|\W)(assert\s|assert_(close|ordered|indistinguishable)\()",
+                      re.MULTILINE)
 
 
 @dataclass(frozen=True)
