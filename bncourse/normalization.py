@@ -21,8 +21,9 @@ learned scale and shift. Only $A$ (and the shape of the scale and shift) tells t
 ``torch.nn.functional`` counterparts (``layer_norm``, ``instance_norm``, ``group_norm``) and
 agree with them in float64. They are plain tensor operations, so autograd differentiates
 them. :func:`ghost_batch_norm` normalizes each virtual sub-batch of a large batch on its
-own {cite}`hoffer2017train`. :func:`one_pass_variance` is the unstable formula that a
-synchronized batch norm must not use.
+own {cite}`hoffer2017train`. :func:`one_pass_variance` is the one-pass formula, which a
+synchronized batch norm can all-reduce in one round at the price of digits lost to
+cancellation.
 """
 
 from __future__ import annotations
@@ -257,10 +258,12 @@ class GhostBatchNorm(nn.Module):
 def one_pass_variance(x: Tensor, dim: int = 0) -> Tensor:
     r"""$\frac{1}{n}\sum x^2 - \left(\frac{1}{n}\sum x\right)^2$, in the dtype of ``x``.
 
-    The textbook one-pass formula: two sums, each easy to all-reduce. It subtracts two
-    nearly equal large numbers when the mean is large compared with the spread, and loses
-    the variance to cancellation; :func:`two_pass_variance` and the pairwise merge of
-    :func:`bncourse.distributed.merge_moments` do not.
+    The textbook one-pass formula: two sums, each easy to all-reduce (Keras's synchronized
+    batch norm does). It subtracts two nearly equal large numbers when the mean is large
+    compared with the spread, and loses about ``2 log10(|mean| / std)`` digits to
+    cancellation; :func:`two_pass_variance`, the pairwise merge of
+    :func:`bncourse.distributed.merge_moments` and sums about a shift near the mean
+    (:func:`bncourse.distributed.shifted_sums`) do not.
     """
     n = x.shape[dim]
     return (x * x).sum(dim=dim) / n - (x.sum(dim=dim) / n) ** 2

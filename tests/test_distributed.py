@@ -21,6 +21,9 @@ from torch import nn
 
 import bncourse
 from bncourse import distributed as D
+from bncourse.distributed import launcher
+
+from . import distributed_workers as W
 
 TOL = 1e-12
 
@@ -350,7 +353,7 @@ def test_convert_sync_batchnorm_keeps_float64_values_and_the_parameter_objects()
 
 def test_a_failing_worker_fails_the_launch_with_its_traceback_and_leaves_no_process():
     with pytest.raises(D.WorkerError) as info:
-        D.launch(D._fail_worker, 2, (1,), timeout=60)
+        D.launch(W.fail_worker, 2, (1,), timeout=60)
     message = str(info.value)
     assert "RuntimeError: worker 1 failed on purpose" in message
     # Rank 1 fails first by construction (rank 0 fails only because its peer left), and the
@@ -365,16 +368,16 @@ def test_workers_started_before_a_failed_start_are_stopped(monkeypatch):
         multiprocessing.get_context("spawn").Process(target=time.sleep, args=(60,)).start()
         raise OSError("could not start the second worker")
 
-    monkeypatch.setattr(D.mp, "start_processes", start_one_then_fail)
+    monkeypatch.setattr(launcher.mp, "start_processes", start_one_then_fail)
     with pytest.raises(OSError, match="second worker"):
-        D.launch(D._pid_worker, 2, timeout=30)
+        D.launch(W.pid_worker, 2, timeout=30)
     assert multiprocessing.active_children() == []
 
 
 def test_a_launch_that_runs_too_long_is_stopped():
     start = time.monotonic()
     with pytest.raises(TimeoutError, match="did not finish within"):
-        D.launch(D._sleep_worker, 2, (120.0,), timeout=3)
+        D.launch(W.sleep_worker, 2, (120.0,), timeout=3)
     assert time.monotonic() - start < 30
     assert multiprocessing.active_children() == []
 
@@ -386,21 +389,21 @@ def test_a_port_taken_before_the_rendezvous_is_retried_with_a_new_one(monkeypatc
         held.bind(("127.0.0.1", 0))
         held.listen()
         busy = held.getsockname()[1]
-        real, calls = D.free_port, []
+        real, calls = launcher.free_port, []
 
         def first_busy():
             calls.append(1)
             return busy if len(calls) == 1 else real()
 
-        monkeypatch.setattr(D, "free_port", first_busy)
-        pids = D.launch(D._pid_worker, 1, timeout=60)
+        monkeypatch.setattr(launcher, "free_port", first_busy)
+        pids = D.launch(W.pid_worker, 1, timeout=60)
     assert len(calls) == 2 and len(pids) == 1
     assert multiprocessing.active_children() == []
 
 
 def test_launch_rejects_a_bad_world_size():
     with pytest.raises(ValueError, match="world_size"):
-        D.launch(D._pid_worker, 0)
+        D.launch(W.pid_worker, 0)
 
 
 # --------------------------------------------------------------------------------------
@@ -527,10 +530,165 @@ def test_bench_command_writes_the_table_the_chapter_reads(tmp_path):
     stored = json.loads((Path(__file__).resolve().parent.parent / "book" / "data"
                          / "distributed_bench.json").read_text())
     for table in (quick, stored):
-        assert {"machine", "global_batch", "widths", "load_average", "rows"} <= table.keys()
+        assert {"machine", "command", "global_batch", "widths", "steps", "repeats",
+                "load_average", "rows", "paired"} <= table.keys()
+        assert table["command"].startswith(D.COMMAND) and table["machine"]["date"]
         cells = {(r["processes"], r["variant"]) for r in table["rows"]}
         procs = {p for p, _ in cells}
         assert cells == {(p, v) for p in procs for v in D.BENCH_VARIANTS}
         for r in table["rows"]:
             assert 0 < r["q1_ms"] <= r["median_ms"] <= r["q3_ms"]
-    assert {1, 2} <= {r["processes"] for r in stored["rows"]}
+            assert len(r["step_ms"]) == table["repeats"] == table["steps"]
+        # The stored paired summaries are those of the stored steps.
+        steps = {(r["processes"], r["variant"]): r["step_ms"] for r in table["rows"]}
+        assert {r["processes"] for r in table["paired"]} == procs
+        for record in table["paired"]:
+            costs = D.paired_costs({v: steps[(record["processes"], v)] for v in D.BENCH_VARIANTS})
+            for key, estimate in costs.items():
+                assert record[key]["n"] == table["repeats"]
+                assert abs(record[key]["mean_ms"] - estimate.mean) < 1e-3, (record, key)
+    assert "--quick" in quick["command"]
+    assert {1, 2, 3, 4} <= {r["processes"] for r in stored["rows"]}  # the chapter reads all four
+
+
+def test_paired_costs_split_the_extra_time_step_by_step():
+    sync = [10.0, 12.0, 11.0, 13.0]
+    own = [8.0, 9.5, 9.0, 10.0]
+    local = [7.0, 8.0, 7.5, 9.0]
+    costs = D.paired_costs({"sync": sync, "sync_self": own, "local": local})
+    assert costs["exchange"].mean == pytest.approx(np.mean(np.subtract(sync, own)))
+    assert costs["code"].mean == pytest.approx(np.mean(np.subtract(own, local)))
+    assert costs["extra"].mean == pytest.approx(costs["exchange"].mean + costs["code"].mean)
+    assert costs["exchange_minus_code"].mean == pytest.approx(
+        costs["exchange"].mean - costs["code"].mean)
+    assert costs["exchange"].n == 4
+
+
+# --------------------------------------------------------------------------------------
+# The package's surface, and its command
+# --------------------------------------------------------------------------------------
+
+
+def test_every_public_name_exists_and_test_workers_are_not_public():
+    for name in D.__all__:
+        assert hasattr(D, name), name
+    for name in ("_fail_worker", "_sleep_worker", "_pid_worker", "fail_worker", "sleep_worker",
+                 "pid_worker"):
+        assert not hasattr(D, name), f"{name} is a test helper, not part of bncourse.distributed"
+
+
+def test_python_m_bncourse_distributed_runs_the_command_line():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "bncourse.distributed", "bench", "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--steps" in done.stdout
+
+
+# --------------------------------------------------------------------------------------
+# The chapter's experiments: a batch of two, the sweep's schedule, accumulation and ghost BN
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.verifies("eq-distributed-two")
+@pytest.mark.parametrize("eps", [0.0, 1e-5, 1e-2])
+def test_a_batch_of_two_normalizes_to_plus_minus_one_and_passes_no_gradient_but_through_eps(eps):
+    r = D.small_batch_layer(2, eps=eps, seed=3, width=16)
+    z, x_hat, dy, dz = r["z"], r["x_hat"], r["dy"], r["dz"]
+    d = (z[0] - z[1]) / 2
+    assert _gap(x_hat[0], d / torch.sqrt(d**2 + eps)) <= 1e-12
+    assert _gap(x_hat[1], -x_hat[0]) <= 1e-12
+    want = eps * (dy[0] - dy[1]) / (2 * (d**2 + eps) ** 1.5)
+    # Relative to the gradient itself, or to round-off of the gradient with constant statistics.
+    tol = 1e-10 * float(dz.abs().max()) + 1e-13 * float(r["dz_const"].abs().max())
+    assert _gap(dz[0], want) <= tol and _gap(dz[1], -want) <= tol
+    if eps == 0.0:
+        assert float(dz.norm()) <= 1e-12 * float(r["dz_const"].norm())
+
+
+def test_from_three_values_on_the_gradient_passes():
+    for m in (3, 4, 8):
+        r = D.small_batch_layer(m)
+        assert float(r["dz"].norm()) > 0.3 * float(r["dz_const"].norm()), m
+        # Chapter 2's two sums: sum dz = 0, and sum dz * x_hat = S / sqrt(var + eps) times
+        # eps / (var + eps), with S = sum dy * x_hat (gamma = 1).
+        assert float(r["dz"].sum(dim=0).abs().max()) <= 1e-12
+        var = r["z"].var(dim=0, unbiased=False)
+        s = (r["dy"] * r["x_hat"]).sum(dim=0)
+        want = s / torch.sqrt(var + 1e-5) * 1e-5 / (var + 1e-5)
+        assert _gap((r["dz"] * r["x_hat"]).sum(dim=0), want) <= 1e-9 * (1 + float(want.abs().max()))
+
+
+def test_examples_seen_is_what_the_sweep_trains_on():
+    # 1,257 training digits: a batch of 32 takes 40 steps per epoch (the last of 9 examples).
+    assert D.examples_seen(1257, 32, 2400, 100) == (3154, 100)
+    assert D.examples_seen(1257, 2, 2400, 100) == (2400, 1200)  # a last batch of one dropped
+    assert D.examples_seen(1257, 256, 2400, 100) == (25140, 100)
+    assert D.examples_seen(10, 3, 7, 0) == (9, 3)
+    # The sweep raises if its runs ever disagree with examples_seen; a tiny sweep runs it.
+    acc = D.batch_size_sweep([5, 9], norms=("batch", "layer"), seeds=(0,), examples=40,
+                             min_steps=3)
+    assert set(acc) == {"batch", "layer"} and acc["batch"].shape == (1, 2)
+
+
+def test_the_sweeps_models_take_the_datas_dtype_and_share_their_start_across_norms():
+    from bncourse.distributed.experiments import _mlp
+
+    a, b = _mlp("batch", (8,), seed=5), _mlp("group", (8,), seed=5)
+    assert a[0].weight.dtype == torch.float64
+    assert torch.equal(a[0].weight, b[0].weight) and torch.equal(a[-1].weight, b[-1].weight)
+
+
+def test_accumulating_micro_batches_with_bn_is_one_step_of_ghost_bn():
+    gaps = D.accumulation_gap("batch", micro=4, n_micro=3, seed=2)
+    assert gaps["grad_rel_diff"] > 1e-2  # not the big batch's gradient
+    assert gaps["ghost_grad_rel_diff"] < 1e-12  # but exactly ghost BN's
+    assert gaps["ghost_running_mean_diff"] > 1e-4  # whose running statistics move differently
+
+
+# --------------------------------------------------------------------------------------
+# The one-round alternative: shifted sums
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("offset", [0.0, 50.0, 1e4])
+def test_shifted_sums_near_the_mean_keep_the_variance_in_float32(offset):
+    rng = np.random.default_rng(0)
+    x = (offset + 2.0 * rng.standard_normal((3000, 2))).astype(np.float32)
+    true = x.astype(np.float64).var(axis=0)
+    parts = np.split(x, 3)
+    shift = np.float32(offset + 1.0)
+    n, mean, var = D.merge_shifted_sums([D.shifted_sums(p, shift) for p in parts], shift)
+    assert n == 3000
+    np.testing.assert_allclose(var, true, rtol=1e-5)
+    np.testing.assert_allclose(mean, x.astype(np.float64).mean(axis=0), rtol=1e-6, atol=1e-5)
+    _, _, one_pass = D.merge_shifted_sums([D.shifted_sums(p) for p in parts])
+    if offset >= 1e4:
+        assert np.abs(one_pass - true).max() > 0.1 * true.max()  # about zero: cancellation
+    # Tensors work too, and the sums add up (the all_reduce of the one-round form).
+    t = torch.from_numpy(x.astype(np.float64))
+    _, _, var_t = D.merge_shifted_sums([D.shifted_sums(t[:1000]), D.shifted_sums(t[1000:])])
+    assert _gap(var_t, torch.from_numpy(true)) <= 1e-6 * float(true.max()) * (1 + offset**2)
+
+
+def test_merge_all_is_a_tree_and_every_order_of_the_same_list_gives_the_same_bits():
+    rng = np.random.default_rng(1)
+    parts = [rng.normal(100.0, 1.0, (k, 2)).astype(np.float32) for k in (3, 5, 2, 7, 4)]
+    triples = [(len(p), p.mean(axis=0), ((p - p.mean(axis=0)) ** 2).sum(axis=0)) for p in parts]
+    first = D.merge_all(triples)
+    again = D.merge_all(list(triples))
+    assert first[0] == 21 and np.array_equal(first[2], again[2])
+    # The tree: ((0, 1), (2, 3)), 4.
+    m = D.merge_moments
+    tree = m(m(m(triples[0], triples[1]), m(triples[2], triples[3])), triples[4])
+    assert np.array_equal(first[1], tree[1]) and np.array_equal(first[2], tree[2])
+
+
+def test_ddp_buffer_bytes_count_the_bn_buffers_of_a_built_resnet50():
+    model = _resnet50()
+    buffers = sum(b.numel() * b.element_size()
+                  for mod in model.modules() if isinstance(mod, nn.BatchNorm2d)
+                  for b in mod.buffers())
+    assert D.ddp_buffer_bytes_per_step(list(D.RESNET50_BN_CHANNELS)) == buffers

@@ -131,8 +131,8 @@ BYTES_PER_STEP = NumberExercise(
     rtol=1e-9,
     hints=(
         "List what the forward pass must know about the other processes' values, per "
-        "channel, and what the backward pass must know; the count is one integer for the "
-        "whole layer and is not counted here.",
+        "channel, and what the backward pass must know; the two integers the layer also sends "
+        "(its number of channels and its count) are not counted here.",
         "The forward pass sends a mean and an M2 per channel; the backward pass sends the "
         "sums of dy and of dy * x_hat per channel.",
         "That is 4 values per channel, each of 4 bytes in float32.",
@@ -148,13 +148,15 @@ BYTES_PER_STEP = NumberExercise(
             "float64_or_sent_and_received",
             "this is twice the answer: either the values counted at 8 bytes each (float64), "
             "while the layer works in float32, 4 bytes per value; or what a process sends and "
-            "receives together with one peer, while the question asks what it contributes.",
+            "receives together with one peer, while the question asks what it puts into the "
+            "collectives.",
             4.0 * BYTES_C * 8,
         ),
         Mistake(
             "count_per_channel",
             "the count is counted once per channel: every channel of a process has the same "
-            "number of values, so one integer (not counted here) says it for all of them.",
+            "number of values, so one integer per layer (sent with the number of channels, and "
+            "not counted here) says it for all of them.",
             5.0 * BYTES_C * BYTES_ITEMSIZE,
         ),
         Mistake(
@@ -251,8 +253,10 @@ PREFER_GROUP_NORM = ChoiceExercise(
         Mistake(
             "synchronized",
             "synchronized across 8 devices, BN's statistics cover 16 images per step, not 2: "
-            "this is the setting synchronized BN is made for, and it leaves BN's statistics "
-            "no worse than those of an ordinary batch of 16.",
+            "this is a setting synchronized BN is made for. GroupNorm is a common choice there "
+            "too (it was introduced for such detectors), a trade of accuracy against the cost "
+            "of the collectives, but BN is not left without statistics; the question asks "
+            "where it is.",
             "b",
         ),
         Mistake(

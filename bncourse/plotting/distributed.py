@@ -45,9 +45,14 @@ def plot_statistics_noise(sizes: Sequence[int], mean_std: Sequence[float],
     return fig
 
 
-def plot_batch_size_sweep(batch_sizes: Sequence[int], accuracy: dict[str, np.ndarray]) -> Figure:
-    """Test accuracy against batch size per normalization: every seed a dot, the mean a line."""
-    fig, ax = new_figure(width=7.0, height=4.2)
+def plot_batch_size_sweep(batch_sizes: Sequence[int], accuracy: dict[str, np.ndarray],
+                          examples: int | None = None, min_steps: int | None = None) -> Figure:
+    """Test accuracy against batch size per normalization: every seed a dot, the mean a line.
+
+    ``examples`` and ``min_steps`` are the sweep's rule (every run sees at least that many
+    examples and takes at least that many steps); the x label states it.
+    """
+    fig, ax = new_figure(width=7.0, height=4.4)
     m = np.asarray(batch_sizes, dtype=float)
     offsets = {"batch": 0.94, "group": 1.0, "layer": 1.06}
     for norm, acc in accuracy.items():
@@ -55,26 +60,38 @@ def plot_batch_size_sweep(batch_sizes: Sequence[int], accuracy: dict[str, np.nda
         colour = NORM_COLORS.get(norm, COLORS["theory"])
         ax.plot(m, acc.mean(axis=0), "-", color=colour, lw=1.5, label=_NORM_LABELS.get(norm, norm))
         for row in acc:
-            ax.plot(m * offsets.get(norm, 1.0), row, "o", color=colour, ms=4, alpha=0.7)
+            ax.plot(m * offsets.get(norm, 1.0), row, "o", color=colour, ms=3.5, alpha=0.6)
     ax.set_xscale("log", base=2)
     ax.set_xticks(m, [str(int(v)) for v in m])
     ax.minorticks_off()
-    ax.set_xlabel("batch size (examples per step; the same number of examples seen)")
+    rule = []
+    if examples is not None:
+        rule.append(f"\u2265 {examples:,d} examples")
+    if min_steps is not None:
+        rule.append(f"\u2265 {min_steps:d} steps")
+    ax.set_xlabel("batch size (examples per step)"
+                  + (f"; every run: {' and '.join(rule)}" if rule else ""))
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("BatchNorm loses accuracy at the smallest batches;\n"
-                 "GroupNorm and LayerNorm do not depend on the batch")
+    ax.set_title("BatchNorm falls far behind at a batch of 2, less at 3 and 4;\n"
+                 "GroupNorm and LayerNorm take no statistics over the batch")
     fig.legend(loc="outside lower center", ncols=3)  # below the axes, clear of the data
     return fig
 
 
-def plot_scaling(bench: dict[str, Any]) -> Figure:
-    """Time per step against the number of processes: SyncBatchNorm on all processes, the same
-    layer on one-process groups, and plain BatchNorm."""
-    fig, ax = new_figure(width=7.0, height=4.8)
+def plot_scaling(bench: dict[str, Any], costs: dict[int, dict[str, Any]]) -> Figure:
+    """Time per step against the number of processes (top), and what SyncBatchNorm adds (bottom).
+
+    Top: the median and quartiles of the step time of each variant of the benchmark. Bottom:
+    per number of processes, the price of synchronizing (sync - sync_self) and the cost of
+    the layer's code (sync_self - local), each the mean of the paired per-step differences
+    with its 95% interval; ``costs[p]["exchange"]`` and ``costs[p]["code"]`` have ``mean``,
+    ``low`` and ``high`` (:class:`bncourse.claims.Estimate`).
+    """
+    fig, (top, bottom) = new_figure(nrows=2, width=7.0, height=7.0, sharex=True)
     styles = {"sync": ("o-", NORM_COLORS["batch"], "SyncBatchNorm, all processes"),
               "sync_self": ("^-.", COLORS["staged"],
                             "SyncBatchNorm, one-process groups (nothing exchanged)"),
-              "local": ("s--", COLORS["input"], "bncourse.BatchNorm (no collectives)")}
+              "local": ("s--", COLORS["input"], "bncourse.BatchNorm (no BN collectives)")}
     for variant, (marker, colour, label) in styles.items():
         rows = sorted((r for r in bench["rows"] if r["variant"] == variant),
                       key=lambda r: r["processes"])
@@ -84,15 +101,33 @@ def plot_scaling(bench: dict[str, Any]) -> Figure:
         med = np.array([r["median_ms"] for r in rows])
         lo = med - np.array([r["q1_ms"] for r in rows])
         hi = np.array([r["q3_ms"] for r in rows]) - med
-        ax.errorbar(p, med, yerr=[lo, hi], fmt=marker, color=colour, ms=5, capsize=3,
-                    label=label)
+        top.errorbar(p, med, yerr=[lo, hi], fmt=marker, color=colour, ms=5, capsize=3,
+                     label=label)
+    top.set_ylabel("time per training step (ms)\nmedian and quartiles")
+    top.set_title("Time per step, and what SyncBatchNorm adds, against the number of processes")
+    top.set_ylim(0, 1.45 * max(r["q3_ms"] for r in bench["rows"]))  # room for the legend
+    top.legend(loc="upper left", frameon=True, framealpha=1, edgecolor="none")
+    procs = sorted(costs)
+    for key, shift, marker, colour, label in (
+            ("exchange", -0.06, "o", NORM_COLORS["batch"],
+             "price of synchronizing (sync \u2212 sync_self)"),
+            ("code", 0.06, "^", COLORS["staged"], "layer's code (sync_self \u2212 local)")):
+        mean = np.array([costs[p][key].mean for p in procs])
+        low = mean - np.array([costs[p][key].low for p in procs])
+        high = np.array([costs[p][key].high for p in procs]) - mean
+        bottom.errorbar(np.array(procs) + shift, mean, yerr=[low, high], fmt=marker + "-",
+                        color=colour, ms=5, capsize=3, label=label)
+    bottom.axhline(0, color=COLORS["theory"], lw=0.8)
+    bottom.set_ylabel("extra time per step (ms)\nmean and 95% interval")
+    highest = max(costs[p][k].high for p in procs for k in ("exchange", "code"))
+    lowest = min(0.0, min(costs[p][k].low for p in procs for k in ("exchange", "code")))
+    bottom.set_ylim(lowest - 0.05 * (highest - lowest), lowest + 1.4 * (highest - lowest))
+    bottom.legend(loc="upper left", frameon=True, framealpha=1, edgecolor="none")
     cores = bench["machine"].get("cores")
-    if cores:
-        ax.axvline(cores + 0.5, color=COLORS["theory"], lw=1, ls=":")
-    ax.set_xticks(sorted({r["processes"] for r in bench["rows"]}))
+    for ax in (top, bottom):
+        if cores:
+            ax.axvline(cores + 0.5, color=COLORS["theory"], lw=1, ls=":")
+    bottom.set_xticks(sorted({r["processes"] for r in bench["rows"]}))
     where = f"; dotted line: {cores} cores" if cores else ""
-    ax.set_xlabel(f"number of processes (global batch fixed{where})")
-    ax.set_ylabel("time per training step (ms)\nmedian and quartiles")
-    ax.set_title("Time per step against the number of processes on this machine")
-    fig.legend(loc="outside lower center", ncols=1)  # below the axes, clear of the data
+    bottom.set_xlabel(f"number of processes (global batch fixed{where})")
     return fig
