@@ -14,10 +14,10 @@ Two conventions of the book rest on this module.
   :func:`paired_difference` (seeds shared by both arms) or :func:`difference` (independent
   samples), as a mean with its standard error, its count and a confidence interval; timings
   through :func:`paired_ratio`, the median of per-repeat ratios with a distribution-free
-  interval. A sentence may call a difference real, or state an ordering, only when the
-  interval excludes zero (one, for a ratio): :func:`assert_ordered` asserts exactly that, and
-  :func:`assert_indistinguishable` asserts the opposite for a sentence that says "not
-  distinguishable from zero".
+  interval, or :func:`paired_median_difference` for differences in time. A sentence may call
+  a difference real, or state an ordering, only when the interval excludes zero (one, for a
+  ratio): :func:`assert_ordered` asserts exactly that, and :func:`assert_indistinguishable`
+  asserts the opposite for a sentence that says "not distinguishable from zero".
 * **Glued numbers are what the text shows.** :func:`glue` stores a float rounded (to six
   significant digits unless told otherwise), so the stored record does not change with the
   last bits of round-off, which differ between machines and thread counts.
@@ -34,7 +34,8 @@ import numpy as np
 
 __all__ = [
     "glue", "assert_close", "Estimate", "Ratio", "mean_se", "difference", "paired_difference",
-    "paired_ratio", "assert_ordered", "assert_indistinguishable", "round_significant",
+    "paired_ratio", "MedianDifference", "paired_median_difference", "assert_ordered",
+    "assert_indistinguishable", "round_significant",
 ]
 
 
@@ -251,7 +252,51 @@ def paired_ratio(a: Any, b: Any, *, confidence: float = 0.95,
     return Ratio(float(np.median(r)), float(r[j]), float(r[k]), n, confidence)
 
 
-def assert_ordered(estimate: Estimate | Ratio, *, sign: int = 1, what: str) -> None:
+@dataclass(frozen=True)
+class MedianDifference:
+    """The median of paired differences over ``n`` repeats with a distribution-free interval.
+
+    For timings whose steps are paired (taken side by side) but whose noise has heavy tails,
+    where a mean and its standard error would be dominated by a few slow steps. The interval
+    is the one of :class:`Ratio` (order statistics); it assumes independent repeats.
+    """
+
+    median: float
+    low: float
+    high: float
+    n: int
+    confidence: float = 0.95
+
+    @property
+    def excludes_zero(self) -> bool:
+        """True when the interval lies entirely above or below 0."""
+        return self.low > 0 or self.high < 0
+
+    def format(self, spec: str = ".2g") -> str:
+        return f"{self.median:{spec}} ({self.low:{spec}} to {self.high:{spec}}, n = {self.n})"
+
+    def __str__(self) -> str:
+        return self.format()
+
+
+def paired_median_difference(a: Any, b: Any, *, confidence: float = 0.95,
+                             what: str = "paired difference") -> MedianDifference:
+    """``a[i] - b[i]`` over repeats taken side by side: the median and its interval."""
+    a, b = _sample(a, what), _sample(b, what)
+    if a.shape != b.shape:
+        raise ValueError(f"{what}: a paired difference needs as many values in each arm, "
+                         f"got {a.size} and {b.size}")
+    d = np.sort(a - b)
+    ranks = _median_interval(d.size, confidence)
+    if ranks is None:
+        raise ValueError(f"{what}: an interval for the median at {confidence:.0%} needs more "
+                         f"repeats than {d.size} (at least 6 at 95%)")
+    j, k = ranks
+    return MedianDifference(float(np.median(d)), float(d[j]), float(d[k]), d.size, confidence)
+
+
+def assert_ordered(estimate: Estimate | Ratio | MedianDifference, *, sign: int = 1,
+                   what: str) -> None:
     """Assert that the interval excludes no-difference on the side ``sign`` says.
 
     For an :class:`Estimate`, ``sign=+1`` asserts the difference is above zero (the first
@@ -274,7 +319,8 @@ def assert_ordered(estimate: Estimate | Ratio, *, sign: int = 1, what: str) -> N
         )
 
 
-def assert_indistinguishable(estimate: Estimate | Ratio, *, what: str) -> None:
+def assert_indistinguishable(estimate: Estimate | Ratio | MedianDifference, *,
+                             what: str) -> None:
     """Assert that the interval contains no-difference (zero, or one for a ratio).
 
     The check behind a sentence that says a difference is not distinguishable from noise.

@@ -17,6 +17,7 @@ from bncourse.claims import (
     difference,
     mean_se,
     paired_difference,
+    paired_median_difference,
     paired_ratio,
     round_significant,
 )
@@ -115,3 +116,19 @@ def test_assert_ordered_and_indistinguishable_say_which_sentence_failed():
         assert_ordered(slower, sign=-1, what="faster")
     with pytest.raises(ValueError, match="sign"):
         assert_ordered(up, sign=0, what="x")
+
+
+def test_the_median_of_paired_differences_resists_a_few_slow_steps():
+    rng = np.random.default_rng(2)
+    base = rng.lognormal(0, 0.2, 60)
+    a, b = base + 1.0 + rng.normal(0, 0.05, 60), base.copy()
+    a[:3] += 50.0  # three stalls in one arm
+    med = paired_median_difference(a, b)
+    assert med.low > 0.9 and med.high < 1.1 and med.excludes_zero
+    mean = paired_difference(a, b)
+    assert mean.mean > 3.0, "the stalls pull the mean far from the typical step"
+    assert_ordered(med, sign=1, what="A slower")
+    with pytest.raises(AssertionError, match="B slower"):
+        assert_ordered(med, sign=-1, what="B slower")
+    with pytest.raises(ValueError, match="more repeats than 4"):
+        paired_median_difference([1, 2, 3, 4], [0, 0, 0, 0])
