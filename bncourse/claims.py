@@ -67,9 +67,11 @@ def glue(name: str, value: Any, *, digits: int = GLUE_DIGITS) -> None:
 
     Numbers are stored as plain Python numbers, so ``{glue:text}`name:.3f``` can format
     them. A float is stored rounded to ``digits`` significant digits (six by default; pass
-    fewer for a value that is itself noisy, such as a timing): the text shows at most that
-    many, and the stored record, which nbval compares, then does not depend on the machine,
-    the BLAS kernel or the thread count. Returns None, so that a cell ending in
+    fewer for a value that is itself noisy, such as a timing): the text shows fewer, and the
+    stored record, which nbval compares, then does not depend on the machine, the BLAS kernel
+    or the thread count. Keep ``digits`` at least two above the digits the text shows: with
+    one more only, the text rounds a rounded value (0.70535 stored as 0.705 shows as 0.70,
+    not 0.71); ``tests/test_portable_outputs.py`` finds such a pair. Returns None, so that a cell ending in
     ``glue(...)`` shows nothing. Without MyST-NB installed (a student's environment, with
     nothing to glue into) this does nothing.
     """

@@ -74,3 +74,61 @@ def test_the_round_off_pattern_tells_a_measurement_from_a_bound():
     assert not ROUND_OFF.search("largest gap below 1e-15")
     assert not ROUND_OFF.search("error 4.1e-07")  # float32 round-off of a model: a result
     assert not ROUND_OFF.search("eps = 1e-05")
+
+
+_GLUE_TEXT = re.compile(r"\{glue:text\}`([^`:]+):([^`]*)`")
+
+
+def _significant(text: str) -> str:
+    """The significant digits of a number written in decimal or scientific notation."""
+    mantissa = text.lower().split("e")[0].lstrip("+-").replace(".", "").lstrip("0")
+    return mantissa
+
+
+def double_rounded(stored: str, spec: str) -> bool:
+    """True when ``stored`` keeps exactly one digit beyond what ``spec`` shows, and it is a 5.
+
+    Then the text rounds a value that was already rounded, and may show the wrong last digit
+    (0.70535 glued with three digits is 0.705, which ``.2f`` shows as 0.70, not 0.71).
+    """
+    if spec[-1:] not in ("f", "e", "g", "%"):
+        return False  # an integer or a string: nothing is rounded
+    try:
+        value = float(stored)
+    except ValueError:
+        return False
+    shown = format(value, spec)
+    digits = _significant(stored)
+    shown_digits = _significant(shown.replace(",", "").rstrip("%"))
+    return (len(digits) == len(shown_digits) + 1 and digits.endswith("5")
+            and not shown_digits.endswith("5"))
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_no_glued_number_is_rounded_twice(notebook):
+    from bncourse.authoring import glue_values
+
+    nb = json.loads(notebook.read_text(encoding="utf-8"))
+    values = glue_values(nb)
+    prose = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    bad = []
+    for key, spec in _GLUE_TEXT.findall(prose):
+        record = values.get(key, {}).get("text/plain")
+        if record is None:
+            continue  # a missing key is test_student_notebooks' and the build's business
+        text = "".join(record) if isinstance(record, list) else record
+        if double_rounded(text, spec):
+            bad.append(f"{key}: stored {text}, shown as {format(float(text), spec)}")
+    assert not bad, (
+        f"{notebook.name}: glued with one digit more than the text shows, so the text rounds a "
+        f"rounded value (glue with digits at least two above what is shown): {bad}")
+
+
+def test_the_double_rounding_check_tells_the_cases_apart():
+    assert double_rounded("0.705", ".2f")  # 0.70535 stored with 3 digits: shows 0.70
+    assert double_rounded("0.245", ".2f")
+    assert not double_rounded("0.70535", ".2f")  # enough digits kept
+    assert not double_rounded("0.704", ".2f")  # rounds the same either way
+    assert not double_rounded("12", "d")
+    assert double_rounded("1.25", ".1f")
+    assert not double_rounded("97.2222", ".1f")
