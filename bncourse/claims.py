@@ -71,9 +71,9 @@ def glue(name: str, value: Any, *, digits: int = GLUE_DIGITS) -> None:
     stored record, which nbval compares, then does not depend on the machine, the BLAS kernel
     or the thread count. Keep ``digits`` at least two above the digits the text shows: with
     one more only, the text rounds a rounded value (0.70535 stored as 0.705 shows as 0.70,
-    not 0.71); ``tests/test_portable_outputs.py`` finds such a pair. Returns None, so that a cell ending in
-    ``glue(...)`` shows nothing. Without MyST-NB installed (a student's environment, with
-    nothing to glue into) this does nothing.
+    not 0.71); ``tests/test_portable_outputs.py`` finds such a pair. Returns None, so that a
+    cell ending in ``glue(...)`` shows nothing. Without MyST-NB installed (a student's
+    environment, with nothing to glue into) this does nothing.
     """
     value = _plain(value)
     if isinstance(value, float):
