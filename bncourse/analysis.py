@@ -5,9 +5,10 @@
 * :func:`constants_gradient`: the input gradient obtained when the batch statistics are
   (wrongly) treated as constants, and :func:`constants_error_vs_batch` and
   :func:`constants_error_vs_amplitude` to measure how wrong.
-* :func:`saved_bytes_by_variant` and :func:`traffic_per_element`: what each implementation
-  keeps for the backward pass, and how many bytes its kernels read and write per element
-  (in-place writes included, views free).
+* :func:`saved_bytes_by_variant`, :func:`traffic_per_element` and :func:`traffic_by_kernel`:
+  what each implementation keeps for the backward pass, and how many bytes its kernels read
+  and write per element (in-place writes included, views free); :data:`NATIVE_CPU_PASSES`
+  and :data:`COMPILED_PASSES`: the passes inside torch's kernels and the compiled form's.
 * :func:`load_bench`, :func:`bench_ratio` and :func:`achieved_bandwidth`: the benchmark
   table of ``make bench`` (``python -m bncourse.bench``), the paired ratio of two variants'
   times with its interval, and the bandwidth a byte count implies.
@@ -32,8 +33,8 @@ from .memory import SavedTensors, saved_tensors
 
 __all__ = [
     "VARIANTS",
-    "FUSED_COMPACT_PASSES",
-    "REDUCE_FIRST_EXTRA_PASSES",
+    "NATIVE_CPU_PASSES",
+    "COMPILED_PASSES",
     "fd_error_sweep",
     "norm_rel_error",
     "constants_gradient",
@@ -43,26 +44,35 @@ __all__ = [
     "float32_rounding_limits",
     "saved_bytes_by_variant",
     "traffic_per_element",
+    "traffic_by_kernel",
     "load_bench",
     "bench_ratio",
     "ratio_over",
     "achieved_bandwidth",
     "gradient_consequences",
+    "round_up",
 ]
 
 #: The four implementations the cost section compares, in the order they are shown.
 VARIANTS: tuple[str, ...] = ("torch", "bncourse", "staged", "compiled")
 
-#: Activation-sized tensors that cross a kernel boundary in one training step of the compact
-#: form when the forward and the backward are each one fused kernel: the forward reads x and
-#: writes y and x_hat (3), the backward reads dy and x_hat and writes dx (3).
-FUSED_COMPACT_PASSES: int = 6
+#: Passes over tensors of the input's size (each read or write of one such tensor is a pass)
+#: in one training step of torch's native CPU kernels, which :func:`traffic_per_element` sees
+#: only from outside, as one read of each argument. The kernels
+#: (``aten/src/ATen/native/cpu/batch_norm_kernel.cpp``) take the statistics in two passes: the
+#: forward reads x for the mean, again for the centred sum of squares, and again to write y
+#: (4); the backward reads dy and x for the sums of dy and dy * (x - mean), then dy and x
+#: again to write dx (5). A tensor that stays in cache between two passes costs less.
+NATIVE_CPU_PASSES: int = 9
 
-#: Activation-sized reads that a single-pass count misses in any kernel that must reduce
-#: before it normalizes, unless the tensor stays in cache between the two passes: the
-#: forward reads x once for the batch statistics before it can normalize it (1), and the
-#: backward reads dy and x (or x_hat) once for the two sums before it can form dx (2).
-REDUCE_FIRST_EXTRA_PASSES: int = 3
+#: The same count for the compiled form (``bncourse.layer.compiled_batch_norm``, torch 2.13 on
+#: a CPU). AOTAutograd's partitioner saves x, the mean and 1/sigma, not x_hat, and the
+#: backward recomputes x_hat from them; Inductor writes one kernel per direction with the
+#: loops of torch's kernels: three over x in the forward (mean, centred sum of squares,
+#: output, which writes y only) and, in the backward, one over dy and x for the two sums and
+#: one over dy and x that writes dx. ``tests/test_analysis.py`` counts these passes in the
+#: generated code.
+COMPILED_PASSES: int = 9
 
 
 # --------------------------------------------------------------------------------------
@@ -293,6 +303,7 @@ class _TrafficCounter(TorchDispatchMode):
         super().__init__()
         self.nbytes = 0
         self.kernels = 0
+        self.by_kernel: list[tuple[str, int]] = []  # (aten op, bytes), in the order they ran
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
         out = func(*args, **(kwargs or {}))
@@ -301,8 +312,10 @@ class _TrafficCounter(TorchDispatchMode):
         inputs = [a for a in torch.utils._pytree.tree_leaves((args, kwargs or {}))
                   if isinstance(a, torch.Tensor)]
         outputs = [o for o in torch.utils._pytree.tree_leaves(out) if isinstance(o, torch.Tensor)]
+        moved = sum(_nbytes(t) for t in inputs) + sum(_nbytes(t) for t in outputs)
         self.kernels += 1
-        self.nbytes += sum(_nbytes(t) for t in inputs) + sum(_nbytes(t) for t in outputs)
+        self.nbytes += moved
+        self.by_kernel.append((func.name(), moved))
         return out
 
 
@@ -316,6 +329,17 @@ def _is_view(func: Any) -> bool:
     )
 
 
+def _count_traffic(
+    variant: str, shape: tuple[int, ...], seed: int, dtype: torch.dtype
+) -> tuple[_TrafficCounter, int]:
+    forward, x, params = _variant(variant, tuple(shape), seed, dtype)
+    dy = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1), dtype=dtype)
+    with _TrafficCounter() as counter:
+        y = forward()
+        torch.autograd.grad(y, [x, *params], dy)
+    return counter, x.numel()
+
+
 def traffic_per_element(
     variant: str, shape: tuple[int, ...] = (256, 64), seed: int = 0,
     dtype: torch.dtype = torch.float32,
@@ -323,14 +347,22 @@ def traffic_per_element(
     """Bytes read and written per input element by one eager forward and backward; kernels run.
 
     Every tensor an aten kernel receives is counted as read once and every tensor it returns
-    as written once: a lower bound on the memory traffic of the eager implementation.
+    as written once: a lower bound on the memory traffic of the eager implementation. A
+    kernel that reads a tensor more than once inside (torch's own, see
+    :data:`NATIVE_CPU_PASSES`) moves more than this count says.
     """
-    forward, x, params = _variant(variant, tuple(shape), seed, dtype)
-    dy = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1), dtype=dtype)
-    with _TrafficCounter() as counter:
-        y = forward()
-        torch.autograd.grad(y, [x, *params], dy)
-    return counter.nbytes / x.numel(), counter.kernels
+    counter, numel = _count_traffic(variant, shape, seed, dtype)
+    return counter.nbytes / numel, counter.kernels
+
+
+def traffic_by_kernel(
+    variant: str, shape: tuple[int, ...] = (256, 64), seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> list[tuple[str, float]]:
+    """The kernels of :func:`traffic_per_element`, in the order they ran: ``(aten op, bytes
+    per input element)`` for each (``"aten::add_.Tensor"``, ...)."""
+    counter, numel = _count_traffic(variant, shape, seed, dtype)
+    return [(name, nbytes / numel) for name, nbytes in counter.by_kernel]
 
 
 # --------------------------------------------------------------------------------------
@@ -419,7 +451,7 @@ def achieved_bandwidth(
     """$\\text{GB/s} = \\text{bytes per element} \\times n / t$ per table row.
 
     ``bytes_per_element`` gives, per variant, the bytes a step reads and writes per input
-    element (from :func:`traffic_per_element`, or ``FUSED_COMPACT_PASSES`` times the item
+    element (from :func:`traffic_per_element`, or ``COMPILED_PASSES`` times the item
     size for the compiled form); rows of other variants are skipped.
     """
     rows = []
@@ -432,6 +464,19 @@ def achieved_bandwidth(
                      "median_ms": row["median_ms"],
                      "gb_per_s": moved / (row["median_ms"] * 1e-3) / 1e9})
     return rows
+
+
+def round_up(value: float, digits: int = 2) -> float:
+    """The smallest number with ``digits`` significant digits that is not below ``value``.
+
+    For a bound the text states ("at most 2.7e-06", "within 4.5%"): rounding to nearest
+    would print a number below the largest value measured.
+    """
+    if value <= 0 or not np.isfinite(value):
+        raise ValueError(f"round_up: a positive finite value is needed, got {value}")
+    step = 10.0 ** (int(np.floor(np.log10(value))) - digits + 1)
+    up = np.ceil(value / step - 1e-9) * step
+    return float(f"{up:.{digits - 1}e}")
 
 
 def gradient_consequences(dx: np.ndarray, x_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -199,7 +199,8 @@ class Ratio:
 
     The interval is the pair of order statistics that brackets the median with at least
     ``confidence`` (the binomial argument: each ratio falls below the true median with
-    probability 1/2), so it makes no assumption about the shape of the timings' noise.
+    probability 1/2), so it makes no assumption about the shape of the timings' noise; it
+    does assume that the repetitions are independent.
     """
 
     median: float

@@ -29,7 +29,7 @@ a layer in training mode or without running statistics, and never modifies its a
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +46,7 @@ __all__ = [
     "float32_fold_error",
     "train_digits_model",
     "train_eval_gap",
+    "variance_scale_accuracy",
     "GapResult",
     "remove_warm_up",
     "replay_running_stats",
@@ -532,6 +533,35 @@ def train_eval_gap(model: nn.Sequential, data=None, batch_size: int = 32,
         noise = distances(replay_running_stats(model, data, batch_size, seed + 1))
     return GapResult(train_mode, running, running_warmed, precise, precise_biased,
                      float(lag.mean()), float(lag.max()), float(noise.mean()))
+
+
+def variance_scale_accuracy(model: nn.Sequential, factors: Sequence[float], data=None,
+                            batch_size: int = 32, seed: int = 99) -> list[float]:
+    r"""Test accuracy (in %) of ``model`` in eval mode after re-estimating its statistics, with
+    every stored variance multiplied by each of ``factors``.
+
+    The statistics are re-estimated as :func:`train_eval_gap` does (the same batches for the
+    same ``seed``), so factor 1 gives its ``precise`` and $(m-1)/m$ its ``precise_biased``. A
+    factor below one makes the eval-mode activations larger by $1/\sqrt{\text{factor}}$
+    (up to $\epsilon$). ``model`` is not changed.
+    """
+    from .freezing import batch_norm_layers
+    from .training import accuracy, load_digits_data, minibatches, torch_threads
+
+    data = data if data is not None else load_digits_data()
+    with torch_threads(1), torch.no_grad():
+        batches = [xb for xb, _ in minibatches(data.x_train, data.y_train, batch_size,
+                                               torch.Generator().manual_seed(seed))
+                   if xb.shape[0] == batch_size]
+        work = reestimate_running_stats(copy.deepcopy(model), batches)
+        layers = batch_norm_layers(work)
+        unbiased = [layer.running_var.clone() for layer in layers]
+        scores = []
+        for factor in factors:
+            for layer, var in zip(layers, unbiased, strict=True):
+                layer.running_var.copy_(var * factor)
+            scores.append(100 * accuracy(work, data.x_test, data.y_test))
+    return scores
 
 
 #: Repeats of ``python -m bncourse.inference bench`` unless told otherwise.

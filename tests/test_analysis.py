@@ -123,6 +123,76 @@ def test_traffic_counter_counts_in_place_writes_and_skips_views():
     assert (counter.nbytes, counter.kernels) == (0, 0), "views move no data"
 
 
+def test_torchs_layer_runs_two_kernels_on_the_activations_and_one_on_its_counter():
+    from bncourse.analysis import traffic_by_kernel, traffic_per_element
+
+    kernels = traffic_by_kernel("torch", (64, 32))
+    names = [name for name, _ in kernels]
+    assert names == ["aten::add_.Tensor", "aten::native_batch_norm",
+                     "aten::native_batch_norm_backward"], names
+    per_element = dict(kernels)
+    # num_batches_tracked += 1: one int64 read twice and written, nothing of the activations.
+    assert per_element["aten::add_.Tensor"] < 0.01, per_element
+    assert sum(b >= 1 for b in per_element.values()) == 2, per_element
+    total, count = traffic_per_element("torch", (64, 32))
+    assert count == len(kernels) and abs(total - sum(per_element.values())) < 1e-12
+
+
+def _has_compiler() -> bool:
+    import shutil
+
+    return any(shutil.which(cc) for cc in ("g++", "c++", "clang++"))
+
+
+def _activation_passes(kernel_source: str) -> int:
+    """Loads and stores in Inductor's C++ whose index involves two or more loop variables
+    (``x0 + 32L*x1``): the accesses of a tensor of the input's size, one per pass over it."""
+    import re
+
+    accesses = re.findall(r"(?:loadu|load|store)\(\s*\w+\s*\+\s*static_cast<int64_t>\(([^;]*?)\)"
+                          r"\s*[,)]", kernel_source)
+    return sum(len(set(re.findall(r"\bx\d+\b", index))) >= 2 for index in accesses)
+
+
+@pytest.mark.skipif(not _has_compiler(), reason="torch.compile needs a C++ compiler")
+@pytest.mark.parametrize("shape", [(48, 32), (3, 32, 4, 4)])
+def test_compiled_form_saves_x_and_makes_the_passes_of_torchs_kernels(shape):
+    """What analysis.COMPILED_PASSES states, read from the code torch.compile generates."""
+    import re
+
+    from torch._inductor import config
+    from torch._inductor.utils import run_and_get_code
+
+    from bncourse import analysis, layer
+
+    x = torch.randn(shape, requires_grad=True)
+    gamma = torch.rand(shape[1]).add(0.5).requires_grad_()
+    beta = torch.randn(shape[1], requires_grad=True)
+    dy = torch.randn(shape)
+    compiled = torch.compile(layer._compiled_target, dynamic=False)
+    with config.patch(fx_graph_cache=False):
+        saved = []
+
+        def step():
+            with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t,
+                                                          lambda t: t):
+                y = compiled(x, gamma, beta, 1e-5)
+            y.backward(dy)
+
+        _, sources = run_and_get_code(step)
+    # AOTAutograd saves x itself (and per-channel vectors), not x_hat.
+    big = [t for t in saved if t.numel() == x.numel()]
+    assert [t.data_ptr() for t in big] == [x.data_ptr()], [tuple(t.shape) for t in saved]
+    kernels = [k for src in sources for k in re.findall(r"r'''(.*?)'''", src, re.S)]
+    passes = [_activation_passes(k) for k in kernels]
+    # forward: x three times (mean, centred squares, output) and y; backward: dy and x for
+    # the two sums, dy and x again and dx.
+    assert passes == [4, 5], passes
+    assert sum(passes) == analysis.COMPILED_PASSES == analysis.NATIVE_CPU_PASSES
+    y_eager = torch.nn.functional.batch_norm(x, None, None, gamma, beta, training=True)
+    assert torch.allclose(compiled(x, gamma, beta, 1e-5), y_eager, atol=1e-5)
+
+
 # --------------------------------------------------------------------------------------
 # What a block of layers keeps for backward
 # --------------------------------------------------------------------------------------

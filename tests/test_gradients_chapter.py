@@ -232,10 +232,13 @@ def test_bench_ratio_reads_a_paired_ratio_with_its_interval(tmp_path):
         analysis.ratio_over(r, 0.0)
 
 
-def test_reduce_first_passes_raise_the_single_pass_counts():
-    # Forward: x read once more for the statistics; backward: dy and x_hat once more for the sums.
-    assert analysis.REDUCE_FIRST_EXTRA_PASSES == 3
-    assert analysis.FUSED_COMPACT_PASSES == 6
+def test_two_pass_kernels_read_more_than_the_single_pass_count_sees():
+    # torch's kernels, seen from outside: x read and y written; dy and x read and dx written.
+    seen = analysis.traffic_per_element("torch", (64, 32))[0] // 4
+    assert seen == 5, seen
+    # Inside: x twice more for the two-pass statistics, dy and x once more for the sums.
+    assert analysis.NATIVE_CPU_PASSES == seen + 4 == 9
+    assert analysis.COMPILED_PASSES == analysis.NATIVE_CPU_PASSES
 
 
 def test_achieved_bandwidth_is_bytes_over_time(tmp_path):
@@ -342,3 +345,15 @@ def test_chapter_exercises_name_every_catalogued_mistake(exercise):
             f"{result.status} / {result.mistake!r}: {result.message}"
         )
     assert check(exercise.id, None).status == NOT_ATTEMPTED
+
+
+def test_round_up_gives_a_bound_with_the_digits_shown():
+    assert analysis.round_up(2.61779e-06, 2) == 2.7e-06
+    assert analysis.round_up(4.49, 2) == 4.5
+    assert analysis.round_up(12.0443, 3) == 12.1
+    assert analysis.round_up(4.5, 2) == 4.5, "a value already at the digits stays"
+    assert analysis.round_up(0.0999, 1) == 0.1
+    for value in (1e-7, 3.14159, 987.6, 0.0123):
+        assert value <= analysis.round_up(value, 2) < value * 1.11, value
+    with pytest.raises(ValueError, match="positive"):
+        analysis.round_up(0.0)

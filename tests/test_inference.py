@@ -326,3 +326,20 @@ def test_the_fold_benchmark_records_its_command_machine_load_and_the_ratios_inte
     assert ratio["low"] <= ratio["median"] <= ratio["high"] and ratio["confidence"] == 0.95
     assert ratio["q1"] <= ratio["median"] <= ratio["q3"]
     assert result["max_abs_output_difference"] < 1e-4
+
+
+def test_scaling_the_reestimated_variance_reproduces_both_columns_and_changes_nothing_else():
+    from bncourse.freezing import batch_norm_layers
+    from bncourse.inference import train_digits_model, train_eval_gap, variance_scale_accuracy
+    from bncourse.training import load_digits_data
+
+    data = load_digits_data()
+    model = train_digits_model(0.01, 0.5, 1, seed=3, data=data)
+    before = [layer.running_var.clone() for layer in batch_norm_layers(model)]
+    gap = train_eval_gap(model, data)
+    unit, biased, small = variance_scale_accuracy(model, (1.0, 31 / 32, 1e-6), data)
+    assert unit == gap.precise and biased == gap.precise_biased, (unit, biased, gap)
+    assert small != unit, "a variance a million times smaller changes the predictions"
+    after = [layer.running_var for layer in batch_norm_layers(model)]
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True)), (
+        "the model is left unchanged")

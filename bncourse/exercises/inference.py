@@ -303,32 +303,36 @@ FOLD_ORDER = ChoiceExercise(
 GAP_REASON = ChoiceExercise(
     id="inference.gap_reason",
     chapter=5,
-    title="Why do the running statistics score lower?",
+    title="What does dividing out the start values recover?",
     options={
-        "a": "the running statistics are not those of the final weights: with momentum 0.01 the "
-        "moving average still carries part of its start values after 80 steps, and the rest "
-        "averages batch statistics computed with earlier weights",
-        "b": "Bessel's correction: the running variance is unbiased, so eval mode divides by a "
-        "variance that is too large",
-        "c": "the model overfits the training batches, and eval mode reveals it",
-        "d": "eval mode switches dropout off",
+        "a": "none of it, within the noise: after 80 steps the start values weigh too little "
+        "to matter",
+        "b": "more than half of it, but not all: the rest comes from the weights that moved "
+        "while the average covered them",
+        "c": "all of it, within the noise: without its start values the moving average equals "
+        "the re-estimated statistics",
+        "d": "less than half of it: most of the gap comes from the weights that moved while "
+        "the average covered them",
     },
-    answer="a",
+    answer="b",
     hints=(
-        "Re-estimating the statistics changes no weight, yet it restores the accuracy. "
-        "Which of the options would survive that?",
-        "With momentum 0.01, what weight do the start values 0 and 1 keep after 80 updates, "
-        "and what did the weights do during the steps the average covers?",
+        "After k updates with momentum 0.01, the start values 0 and 1 keep the weight "
+        "0.99^k in the running mean and variance. How large is that after 80 updates?",
+        "The rest of the average is spread over roughly the last hundred batches. With a "
+        "constant learning rate, were the weights of those batches the final ones?",
     ),
     mistakes=(
-        Mistake("bessel", "the factor m/(m - 1) is 32/31 here, a 3% change of the variance; "
-                "re-estimated statistics keep the same unbiased convention, yet they restore "
-                "the accuracy. Bessel's correction is not what is lost.", "b"),
-        Mistake("overfitting", "re-estimating the statistics changes no weight, so the model "
-                "fits its training data exactly as before, yet the eval accuracy comes back.",
-                "c"),
-        Mistake("dropout", "the model has no dropout layer; and re-estimating the statistics, "
-                "which leaves dropout alone, closes the gap.", "d"),
+        Mistake("start_values_negligible", "after 80 updates with momentum 0.01 the start "
+                "values still carry 0.99^80, about 45%, of the running statistics: the "
+                "running mean is pulled almost halfway towards 0 and the running variance "
+                "towards 1. That is not a small change.", "a"),
+        Mistake("start_values_only", "dividing out the start values leaves the rest of the "
+                "average as it was: batch statistics computed with the weights of the last "
+                "hundred or so steps, which kept moving at a constant learning rate.", "c"),
+        Mistake("moving_weights_dominate", "compare the two distortions: the start values "
+                "carry about 45% of the average, while the weights of the batches it averages "
+                "differ from the final ones by what a few dozen steps change. The first is "
+                "the larger here.", "d"),
     ),
 )
 

@@ -77,8 +77,8 @@ def plot_forward_graph() -> Figure:
             color="#444444")
     ax.set_xlim(-0.4, 9.7)
     ax.set_ylim(0.1, 3.2)
-    ax.set_title("The forward graph: $x$ reaches $\\hat{x}$ directly,\n"
-                 "through $\\mu_B$, and through $\\sigma_B^2$")
+    ax.set_title("The forward graph: four paths lead from $x$ to $\\hat{x}$; the one through\n"
+                 "$\\mu_B$ and then $\\sigma_B^2$ carries no gradient")
     return fig
 
 

@@ -31,7 +31,8 @@ def plot_fold_error(by_bias: Mapping[str, tuple[Sequence[float], Sequence[float]
     ``by_bias`` and ``by_input`` map each model (a key of :data:`FOLD_STYLES`) to its
     (offsets, errors) pairs, for an offset in the layer's bias and one coming from its input;
     ``by_spread`` maps models to errors at each spread. A dotted line marks
-    ``trained_offset``, the largest offset of a trained network's pre-activations.
+    ``trained_offset``, the largest offset of the pre-activations of the trained model the
+    chapter measures.
     """
     fig, (ax0, ax1, ax2) = new_figure(ncols=3, width=7.0, height=3.9, sharey=True)
     for ax, curves, title in ((ax0, by_bias, "offset in the layer's bias"),
@@ -39,7 +40,7 @@ def plot_fold_error(by_bias: Mapping[str, tuple[Sequence[float], Sequence[float]
         for name, (offsets, values) in curves.items():
             ax.loglog(offsets, values, **FOLD_STYLES[name])
         ax.axvline(trained_offset, color=COLORS["theory"], linestyle=":", linewidth=1,
-                   label="largest offset in a trained network")
+                   label="largest offset in the trained digits model")
         ax.set_xlabel("offset, |mean| / std")
         ax.set_title(title)
     for name, values in by_spread.items():
@@ -87,6 +88,7 @@ def plot_batches_needed(ks: Sequence[int], accuracy: Sequence[float], error: Seq
     ax.set_xticks(list(ks), [str(k) for k in ks])
     ax.set_xlabel(f"number of batches K ({batch_size} examples each)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("for one model, a few batches do as well as all of them")
+    ax.set_title("for one model: one batch scores lower; from two on, no difference\n"
+                 "from all of them is detectable")
     fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=2)
     return fig
