@@ -156,7 +156,8 @@ def test_compiled_variant_matches_torch_and_saves_one_activation():
     )
     others = [s for s in compiled.shapes if math.prod(s) != numel]
     assert all(math.prod(s) == channels for s in others), (
-        f"besides x (from which the backward recomputes x_hat) the compiled path should save only per-channel vectors: {compiled.shapes}"
+        f"besides x (from which the backward recomputes x_hat) the compiled path should save "
+        f"only per-channel vectors: {compiled.shapes}"
     )
 
 
