@@ -32,6 +32,8 @@ __all__ = [
     "reestimate_running_stats",
     "running_mean_trajectories",
     "running_stat_trajectories",
+    "steady_spread",
+    "simulated_wander",
     "keras_update_moving_stats",
 ]
 
@@ -198,6 +200,64 @@ def running_stat_trajectories(
     return means, variances
 
 
+def steady_spread(momentum: float, *, true_std: float = 2.0,
+                  batch_size: int = 32) -> tuple[float, float]:
+    r"""Predicted standard deviations of the running mean and running variance at steady state.
+
+    A moving average with PyTorch's ``momentum`` $\alpha$ of independent batch statistics has
+    variance $\frac{\alpha}{2 - \alpha}$ times that of one batch's statistic: $\sigma^2/m$ for
+    the batch mean, $2\sigma^4/(m-1)$ for the unbiased batch variance of normal data (with
+    $m$ = ``batch_size``). Returns the two square roots, ``(mean_spread, var_spread)``.
+    """
+    if not 0.0 < momentum <= 1.0:
+        raise ValueError(f"momentum must lie in (0, 1]; got {momentum}")
+    if batch_size < 2:
+        raise ValueError(f"batch_size must be at least 2; got {batch_size}")
+    share = momentum / (2 - momentum)
+    return (float(np.sqrt(share * true_std**2 / batch_size)),
+            float(np.sqrt(share * 2 * true_std**4 / (batch_size - 1))))
+
+
+def simulated_wander(
+    momentum: float,
+    *,
+    true_mean: float = 3.0,
+    true_std: float = 2.0,
+    batch_size: int = 32,
+    n_batches: int = 300,
+    start: int = 50,
+    trajectories: int = 2000,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    r"""How far one trajectory's wander strays from the prediction: ratios over many trajectories.
+
+    Simulates ``trajectories`` independent runs of PyTorch's update with ``momentum``, from the
+    initial values 0 and 1, over ``n_batches`` batches of ``batch_size`` normal values. For
+    normal data the batch mean is $\mathcal{N}(\mu, \sigma^2/m)$ and the unbiased batch
+    variance $\sigma^2\chi^2_{m-1}/(m-1)$, independent of each other, so each batch is drawn
+    as these two numbers. For each run, the standard deviation of the running mean (and of the
+    running variance) over batches ``start+1`` to ``n_batches`` is divided by
+    :func:`steady_spread`'s prediction. Returns ``(mean_ratios, var_ratios)``, one value per
+    run: their scatter is how far the ratio of a single trajectory, such as the one a figure
+    shows, may stray from 1 by chance.
+    """
+    if not 0 <= start < n_batches - 1:
+        raise ValueError(f"start must lie in [0, n_batches - 1); got {start} for {n_batches}")
+    gen = np.random.default_rng(seed)
+    mean_spread, var_spread = steady_spread(momentum, true_std=true_std, batch_size=batch_size)
+    running_mean, running_var = np.zeros(trajectories), np.ones(trajectories)
+    means = np.empty((trajectories, n_batches))
+    variances = np.empty((trajectories, n_batches))
+    for k in range(n_batches):
+        batch_mean = true_mean + true_std / np.sqrt(batch_size) * gen.standard_normal(trajectories)
+        batch_var = true_std**2 * gen.chisquare(batch_size - 1, trajectories) / (batch_size - 1)
+        running_mean = (1 - momentum) * running_mean + momentum * batch_mean
+        running_var = (1 - momentum) * running_var + momentum * batch_var
+        means[:, k], variances[:, k] = running_mean, running_var
+    return (means[:, start:].std(axis=1) / mean_spread,
+            variances[:, start:].std(axis=1) / var_spread)
+
+
 def keras_update_moving_stats(
     moving_mean: np.ndarray,
     moving_var: np.ndarray,
@@ -216,12 +276,17 @@ def keras_update_moving_stats(
     * ``"biased"`` (the default): $v_B = \sigma_B^2$, divide by $m$, the variance the layer
       normalizes with. Keras 3 stores this one: it has no fused kernel and takes the batch
       statistics from ``ops.moments``, which divides by $m$. tf.keras 2 (Keras 2) stores it
-      on its non-fused path, which a layer takes for inputs that are not 4-D or 5-D (after
-      ``Dense``, for example).
+      on its non-fused path (statistics from ``tf.nn.moments``), which a layer takes for
+      inputs that are neither 4-D nor 5-D (the 2-D output of ``Dense``, the 3-D output of
+      ``Conv1D``), and for any input when a setting rules the fused kernel out: a compute
+      dtype other than float16, bfloat16 or float32, ``renorm``, ``virtual_batch_size``,
+      ``adjustment``, ``synchronized=True``, or a channel axis other than axis 1 or the
+      last.
     * ``"unbiased"``: $v_B = \frac{m}{m-1}\sigma_B^2$, as PyTorch stores
       (:func:`bncourse.functional.update_running_stats`). tf.keras 2 stores this one on its
-      fused path, its default for 4-D and 5-D inputs (the outputs of ``Conv2D`` and
-      ``Conv3D``): TensorFlow's fused kernel (``fused_batch_norm_op.cc``) applies Bessel's
+      fused path, which a layer with the default settings takes for 4-D inputs (the output of
+      ``Conv2D``) and, in its later versions, 5-D ones (``Conv3D``'s; earlier versions fuse
+      4-D inputs only): TensorFlow's fused kernel (``fused_batch_norm_op.cc``) applies Bessel's
       correction, and the layer leaves it in place, because it sets
       ``_bessels_correction_test_only = True`` and its
       ``_maybe_add_or_remove_bessels_correction`` then returns the variance unchanged.
@@ -239,8 +304,9 @@ def keras_update_moving_stats(
         )
     if stored_variance not in ("biased", "unbiased"):
         raise ValueError(
-            f"stored_variance must be 'biased' (Keras 3; tf.keras 2 after Dense) or "
-            f"'unbiased' (tf.keras 2's fused path, 4-D and 5-D inputs); got {stored_variance!r}"
+            f"stored_variance must be 'biased' (Keras 3; tf.keras 2's non-fused path, e.g. "
+            f"after Dense or Conv1D) or 'unbiased' (tf.keras 2's fused path, e.g. after Conv2D "
+            f"with the default settings); got {stored_variance!r}"
         )
     axes = (0, *range(2, x.ndim))
     m = x.size // x.shape[1] if x.shape[1] else 0

@@ -21,6 +21,8 @@ from bncourse.freezing import (
     reestimate_running_stats,
     running_mean_trajectories,
     running_stat_trajectories,
+    simulated_wander,
+    steady_spread,
     unfreeze_batch_norm,
 )
 from bncourse.functional import keras_to_torch_momentum, update_running_stats
@@ -214,6 +216,37 @@ def test_running_mean_trajectories_follow_the_update_rule(momentum):
         assert abs(traj[0, k] - mean[0]) < 1e-12, (
             f"after {k + 1} batches the running mean is {traj[0, k]}, the rule gives {mean[0]}"
         )
+
+
+@pytest.mark.parametrize("momentum", [0.3, 0.1])
+def test_steady_spread_is_the_spread_of_torchs_running_statistics(momentum):
+    # One long run of the real layer: from batch 100 on, the running mean's and the running
+    # variance's standard deviations over time are the predicted steady-state spreads.
+    means, variances = running_stat_trajectories([momentum], batch_size=32, n_batches=3000,
+                                                 seed=4)
+    mean_spread, var_spread = steady_spread(momentum, true_std=2.0, batch_size=32)
+    for name, got, want in (("mean", means[0, 100:].std(), mean_spread),
+                            ("variance", variances[0, 100:].std(), var_spread)):
+        assert abs(got / want - 1) < 0.15, (
+            f"momentum {momentum}: the running {name} wanders by {got:.4f}, "
+            f"the prediction is {want:.4f}")
+
+
+def test_simulated_wander_is_centred_near_one_and_follows_the_prediction():
+    # Long runs: the ratio's average is 1 up to the short-window bias of a standard deviation
+    # and the scatter of 500 runs; shorter windows scatter more.
+    long_mean, long_var = simulated_wander(0.3, n_batches=1000, start=50, trajectories=500,
+                                           seed=1)
+    for name, ratios in (("mean", long_mean), ("variance", long_var)):
+        assert abs(ratios.mean() - 1) < 0.02, f"{name}: average ratio {ratios.mean():.3f}"
+    short_mean, _ = simulated_wander(0.3, n_batches=150, start=50, trajectories=500, seed=1)
+    assert short_mean.std() > long_mean.std()
+    assert np.array_equal(simulated_wander(0.3, trajectories=50, seed=7)[0],
+                          simulated_wander(0.3, trajectories=50, seed=7)[0]), "seeded"
+    with pytest.raises(ValueError, match="start"):
+        simulated_wander(0.3, n_batches=10, start=10)
+    with pytest.raises(ValueError, match="momentum"):
+        steady_spread(0.0)
 
 
 def test_torch_momentum_none_is_the_exercise_reference():

@@ -4,7 +4,9 @@ Keras 3 installs from the package index and runs on the torch backend, without T
 these tests run its own ``BatchNormalization``: the momentum that weights the old value
 (default 0.99), the default epsilon 1e-3, the **biased** batch variance in
 ``moving_variance``, and ``trainable=False`` running the layer in inference mode even when it
-is called with ``training=True``. tf.keras 2 (Keras 2) needs TensorFlow and is not installed:
+is called with ``training=True`` (on this backend it takes effect in the next ``fit()`` without
+a new ``compile()``, which Keras' guide asks for because a traced train step may keep the old
+setting). tf.keras 2 (Keras 2) needs TensorFlow and is not installed:
 the chapter and :func:`bncourse.freezing.keras_update_moving_stats` cite its source for what
 it stores.
 """
@@ -128,6 +130,34 @@ def test_keras3_trainable_false_runs_in_inference_mode_even_with_training_true()
     layer.trainable = True                                    # and the switch goes back
     layer(x, training=True)
     assert not np.array_equal(_np(layer.moving_mean), mean)
+
+
+# fit() turns its logs into NumPy with np.array(tensor), which NumPy 2 warns about (Keras'
+# code, not this test's).
+@pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+def test_keras3_on_torch_applies_a_change_of_trainable_without_compiling_again():
+    # Chapter 3: Keras' guide asks for compile() again after a change of trainable, because a
+    # compiled training step may keep the old setting. On the torch backend (eager, no traced
+    # train function) the change takes effect at the next fit(), compiled or not.
+    keras.utils.set_random_seed(0)
+    x = _batch((64, 5), seed=7)
+    y = np.random.default_rng(8).normal(size=(64, 1)).astype(np.float32)
+    bn = keras.layers.BatchNormalization()
+    dense = keras.layers.Dense(4)
+    model = keras.Sequential([keras.Input((5,)), dense, bn, keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    state = {name: _np(w) for name, w in (("moving_mean", bn.moving_mean),
+                                          ("moving_variance", bn.moving_variance),
+                                          ("gamma", bn.gamma), ("beta", bn.beta))}
+    kernel = _np(dense.kernel)
+
+    bn.trainable = False                                      # no compile() after this
+    model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    for name, before in state.items():
+        np.testing.assert_array_equal(_np(getattr(bn, name)), before, err_msg=(
+            f"after trainable=False without compiling again, fit() moved the BN layer's {name}"))
+    assert not np.array_equal(_np(dense.kernel), kernel), "the rest of the model still trains"
 
 
 def test_the_ported_momentum_exercise_is_what_keras3_stores():

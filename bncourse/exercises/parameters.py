@@ -499,15 +499,14 @@ INFERENCE_MODE_TRAIN = ChoiceExercise(
     chapter=3,
     title="Train mode inside torch.inference_mode()",
     options={
-        "a": "The layer normalizes with its running statistics and leaves them unchanged: "
-        "inference mode is PyTorch's switch for inference.",
-        "b": "The call raises an error: the running statistics cannot be updated in place "
-        "inside inference mode.",
-        "c": "The layer normalizes with the batch's statistics and moves its running "
-        "statistics, as in any training-mode pass; the outputs are inference tensors, which "
-        "autograd cannot use afterwards.",
-        "d": "The layer normalizes with the batch's statistics but leaves its running "
-        "statistics unchanged, because inference mode makes every tensor read-only.",
+        "a": "It normalizes with its running statistics and leaves them unchanged, because "
+        "inference mode switches the layer to its eval behaviour.",
+        "b": "It raises an error, because inference mode refuses the in-place update of the "
+        "running statistics.",
+        "c": "It normalizes with the batch's statistics and updates its running statistics, "
+        "because inference mode leaves the layer's training flag as it is.",
+        "d": "It normalizes with the batch's statistics but leaves its running statistics "
+        "unchanged, because inference mode makes every tensor read-only.",
     },
     answer="c",
     hints=(
