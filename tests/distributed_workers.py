@@ -1,4 +1,4 @@
-"""Workers that only the launcher's tests run: fail on purpose, sleep, report a process id.
+"""Workers that only the tests run: fail on purpose, sleep, report a process id or CPU affinity.
 
 They live here, not in ``bncourse.distributed``, because no reader needs them; the spawned
 processes import them as ``tests.distributed_workers`` (pytest puts the repository root on
@@ -28,3 +28,8 @@ def sleep_worker(rank: int, world_size: int, seconds: float) -> None:
 def pid_worker(rank: int, world_size: int) -> int:
     """This process's id (for the tests that count processes)."""
     return os.getpid()
+
+
+def affinity_worker(rank: int, world_size: int) -> int:
+    """How many CPUs this process may run on (for the test of the benchmark's pinning)."""
+    return len(os.sched_getaffinity(0))

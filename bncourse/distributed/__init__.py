@@ -19,16 +19,18 @@ The parts, one module each:
 * :mod:`.launcher`: :func:`launch`, which runs a function in a group of fresh processes on
   one machine and returns what each returned;
 * :mod:`.parity`: the checks the chapter and the tests run in several processes
-  (:func:`suite_worker`) and their single-process references;
+  (:func:`suite_worker`, which runs the module's other workers) and their single-process
+  references;
 * :mod:`.traffic`: the bytes a process contributes and receives per step, and ResNet-50's;
 * :mod:`.experiments`: the chapter's experiments on small batches, accumulation and ghost BN;
 * :mod:`.benchmark`: ``python -m bncourse.distributed bench``, the time per step against the
-  number of processes, written to ``book/data/distributed_bench.json``.
+  number of processes and its split into the price of synchronizing, the collectives' fixed
+  overhead and the rest of the layer's code, written to ``book/data/distributed_bench.json``.
 """
 
 from __future__ import annotations
 
-from .benchmark import BENCH_VARIANTS, COMMAND, bench, main, paired_costs
+from .benchmark import BENCH_VARIANTS, COMMAND, COST_SPLIT, bench, main, paired_costs
 from .experiments import (
     accumulation_gap,
     batch_size_sweep,
@@ -38,14 +40,10 @@ from .experiments import (
 )
 from .launcher import WorkerError, free_port, launch
 from .moments import local_moments, merge_all, merge_moments, merge_shifted_sums, shifted_sums
-from .parity import (
-    ddp_reference,
-    ddp_worker,
-    error_worker,
-    parity_worker,
-    single_process_reference,
-    suite_worker,
-)
+
+# The workers that suite_worker runs (parity_worker, error_worker, ddp_worker) stay in
+# .parity: the spawned processes import them from there, and no reader calls them.
+from .parity import ddp_reference, single_process_reference, suite_worker
 from .sync import SyncBatchNorm, SyncBatchNormFunction, convert_sync_batchnorm
 from .traffic import (
     RESNET50_BN_CHANNELS,
@@ -70,9 +68,6 @@ __all__ = [
     "free_port",
     "launch",
     "WorkerError",
-    "parity_worker",
-    "ddp_worker",
-    "error_worker",
     "suite_worker",
     "single_process_reference",
     "ddp_reference",
@@ -90,6 +85,7 @@ __all__ = [
     "batch_size_sweep",
     "ghost_vs_sub_batches",
     "BENCH_VARIANTS",
+    "COST_SPLIT",
     "COMMAND",
     "paired_costs",
     "bench",

@@ -20,13 +20,38 @@ __all__ = ["small_batch_layer", "examples_seen", "batch_size_sweep", "accumulati
            "ghost_vs_sub_batches"]
 
 
+class _DetachedBatchNorm(BatchNorm):
+    r"""BN whose batch statistics autograd treats as constants: the chapter's ablation.
+
+    The forward pass and the running statistics are BN's; the gradient to the input is
+    $\gamma\,dy/\sqrt{\sigma_B^2 + \epsilon}$, as if the batch mean and variance did not
+    depend on it. At a batch of two the output is still $\pm\gamma + \beta$, but the full
+    gradient reaches the layer below: the difference from BN isolates what BN's backward pass
+    withholds.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return super().forward(x)
+        with torch.no_grad():
+            super().forward(x)  # BN's update of the running statistics, nothing else
+        dims = [0, *range(2, x.dim())]
+        mean = x.detach().mean(dim=dims, keepdim=True)
+        var = x.detach().var(dim=dims, unbiased=False, keepdim=True)
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        x_hat = (x - mean) * torch.rsqrt(var + self.eps)
+        return x_hat * self.weight.view(shape) + self.bias.view(shape)
+
+
 def _mlp(norm: str, widths: Sequence[int], seed: int, virtual: int | None = None,
          dtype: torch.dtype = torch.float64) -> nn.Sequential:
     """``Linear -> norm -> ReLU`` per width, then ``Linear`` to 10 classes, in ``dtype``.
 
-    For one seed the linear layers start from the same weights whatever the normalization
-    (none of the normalizations draws random numbers), so runs that differ only in ``norm``
-    are paired.
+    ``norm`` is ``"batch"``, ``"batch_detached"`` (BN with its statistics detached from the
+    graph, an ablation), ``"ghost"``, ``"group"`` (8 groups), ``"layer"`` or ``"none"``. For
+    one seed the linear layers start from the same weights whatever the normalization (none
+    of the normalizations draws random numbers), so runs that differ only in ``norm`` are
+    paired.
     """
     from ..normalization import GhostBatchNorm
 
@@ -37,6 +62,8 @@ def _mlp(norm: str, widths: Sequence[int], seed: int, virtual: int | None = None
         layers.append(nn.Linear(previous, width))
         if norm == "batch":
             layers.append(BatchNorm(width))
+        elif norm == "batch_detached":
+            layers.append(_DetachedBatchNorm(width))
         elif norm == "ghost":
             if virtual is None:
                 raise ValueError("a ghost batch norm needs its virtual batch size")
@@ -114,8 +141,10 @@ def batch_size_sweep(batch_sizes: Sequence[int], norms: Sequence[str] = ("batch"
     more, smaller steps, and the largest batches, which reach ``examples`` in a handful of
     steps, see more examples instead (:func:`examples_seen` says how many). For one seed every
     normalization starts from the same linear weights and sees the batches in the same order,
-    so the arms are paired by seed. Returns ``{norm: array (len(seeds), len(batch_sizes))}``
-    of test accuracies (eval mode: BN uses its running statistics).
+    so the arms are paired by seed (``"batch_detached"``, BN whose statistics autograd treats
+    as constants, pairs with ``"batch"`` the same way). Returns
+    ``{norm: array (len(seeds), len(batch_sizes))}`` of test accuracies (eval mode: BN uses
+    its running statistics).
     """
     from ..training import accuracy, load_digits_data, minibatches, torch_threads
 

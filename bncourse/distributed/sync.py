@@ -51,6 +51,18 @@ def _require_group(group: Any) -> None:
         )
 
 
+def _all_gather(tensor: Tensor, group: Any) -> list[Tensor]:
+    """Every rank's ``tensor``, in rank order (``dist.all_gather``)."""
+    out = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(out, tensor, group=group)
+    return out
+
+
+def _all_reduce_sum(tensor: Tensor, group: Any) -> None:
+    """``tensor`` summed over the ranks, in place (``dist.all_reduce``)."""
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
+
+
 class SyncBatchNormFunction(torch.autograd.Function):
     """Training-mode batch norm over the union of the local batches of a process group.
 
@@ -66,15 +78,13 @@ class SyncBatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps, group):  # type: ignore[override]
-        world = dist.get_world_size(group)
         c = x.shape[1]
         # float16/bfloat16 inputs: statistics, x_hat and sums in float32, as in BatchNorm.
         compute = _compute_dtype(x.dtype)
         xc = x.to(compute)
         n_local, mean_local, m2_local = local_moments(xc)
         meta = torch.tensor([c, n_local], dtype=torch.int64)
-        metas = [torch.empty_like(meta) for _ in range(world)]
-        dist.all_gather(metas, meta, group=group)
+        metas = _all_gather(meta, group)
         channels = [int(m[0]) for m in metas]
         counts = [int(m[1]) for m in metas]
         if len(set(channels)) > 1:
@@ -90,8 +100,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
                 f"{counts}); training-mode batch normalization needs at least 2"
             )
         stats = torch.stack([mean_local, m2_local])
-        gathered = [torch.empty_like(stats) for _ in range(world)]
-        dist.all_gather(gathered, stats, group=group)
+        gathered = _all_gather(stats, group)
         _, mean, m2 = merge_all([(k, g[0], g[1]) for k, g in zip(counts, gathered, strict=True)])
         var = m2 / n
         inv_std = torch.rsqrt(var + eps)
@@ -124,7 +133,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
         dbeta = dy.sum(dim=dims)
         dgamma = (dy * x_hat).sum(dim=dims)
         sums = torch.stack([dbeta, dgamma])
-        dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=ctx.group)
+        _all_reduce_sum(sums, ctx.group)
         scale = inv_std if weight is None else inv_std * weight.to(inv_std.dtype)
         k = scale / ctx.n
         # dx = scale * dy - k * sum(dy) - x_hat * k * sum(dy x_hat), in two passes.

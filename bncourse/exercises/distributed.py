@@ -133,9 +133,12 @@ BYTES_PER_STEP = NumberExercise(
         "List what the forward pass must know about the other processes' values, per "
         "channel, and what the backward pass must know; the two integers the layer also sends "
         "(its number of channels and its count) are not counted here.",
-        "The forward pass sends a mean and an M2 per channel; the backward pass sends the "
-        "sums of dy and of dy * x_hat per channel.",
-        "That is 4 values per channel, each of 4 bytes in float32.",
+        "Forward: every process needs the global mean and variance of each channel, and two "
+        "numbers per process and channel are enough to get them (a mean and an M2, or a sum "
+        "and a sum of squares). Backward: in chapter 2's compact form of the input gradient, "
+        "look for the terms that are sums over the whole batch.",
+        "The backward pass needs the global sums of dy and of dy * x_hat: two more values per "
+        "channel. Count the values, then their bytes in float32.",
     ),
     mistakes=(
         Mistake(

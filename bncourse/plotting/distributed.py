@@ -78,19 +78,41 @@ def plot_batch_size_sweep(batch_sizes: Sequence[int], accuracy: dict[str, np.nda
     return fig
 
 
-def plot_scaling(bench: dict[str, Any], costs: dict[int, dict[str, Any]]) -> Figure:
-    """Time per step against the number of processes (top), and what SyncBatchNorm adds (bottom).
+def _median_bars(ax, procs: Sequence[int], costs: dict[int, dict[str, Any]],
+                 series: Sequence[tuple[str, str, str, str]]) -> None:
+    """Per key of ``series`` (key, marker, colour, label): medians with their intervals."""
+    shifts = np.linspace(-0.06, 0.06, len(series)) if len(series) > 1 else [0.0]
+    for (key, marker, colour, label), shift in zip(series, shifts, strict=True):
+        med = np.array([costs[p][key].median for p in procs])
+        low = med - np.array([costs[p][key].low for p in procs])
+        high = np.array([costs[p][key].high for p in procs]) - med
+        ax.errorbar(np.array(procs) + shift, med, yerr=[low, high], fmt=marker + "-",
+                    color=colour, ms=5, capsize=3, label=label)
+    ax.axhline(0, color=COLORS["theory"], lw=0.8)
+    keys = [key for key, *_ in series]
+    highest = max(costs[p][k].high for p in procs for k in keys)
+    lowest = min(0.0, min(costs[p][k].low for p in procs for k in keys))
+    ax.set_ylim(lowest - 0.05 * (highest - lowest), lowest + 1.45 * (highest - lowest))
+    ax.legend(loc="upper left", frameon=True, framealpha=1, edgecolor="none")
 
-    Top: the median and quartiles of the step time of each variant of the benchmark. Bottom:
+
+def plot_scaling(bench: dict[str, Any], costs: dict[int, dict[str, Any]]) -> Figure:
+    """Time per step against the number of processes, and what SyncBatchNorm adds.
+
+    Top: the median and quartiles of the step time of each variant of the benchmark. Middle:
     per number of processes, the price of synchronizing (sync - sync_self) and the cost of
-    the layer's code (sync_self - local), each the mean of the paired per-step differences
-    with its 95% interval; ``costs[p]["exchange"]`` and ``costs[p]["code"]`` have ``mean``,
-    ``low`` and ``high`` (:class:`bncourse.claims.Estimate`).
+    the layer's code (sync_self - local). Bottom: that cost split into the fixed overhead of
+    the layer's collectives (sync_self - no_collectives) and the rest of its code
+    (no_collectives - local). Each difference is the median of the paired per-step
+    differences with its 95% interval; ``costs[p][key]`` has ``median``, ``low`` and
+    ``high`` (:class:`bncourse.claims.MedianDifference`).
     """
-    fig, (top, bottom) = new_figure(nrows=2, width=7.0, height=7.0, sharex=True)
+    fig, (top, middle, bottom) = new_figure(nrows=3, width=7.0, height=9.0, sharex=True)
     styles = {"sync": ("o-", NORM_COLORS["batch"], "SyncBatchNorm, all processes"),
               "sync_self": ("^-.", COLORS["staged"],
                             "SyncBatchNorm, one-process groups (nothing exchanged)"),
+              "no_collectives": ("v:", COLORS["compiled"],
+                                 "the same, collectives replaced by local copies"),
               "local": ("s--", COLORS["input"], "bncourse.BatchNorm (no BN collectives)")}
     for variant, (marker, colour, label) in styles.items():
         rows = sorted((r for r in bench["rows"] if r["variant"] == variant),
@@ -105,29 +127,24 @@ def plot_scaling(bench: dict[str, Any], costs: dict[int, dict[str, Any]]) -> Fig
                      label=label)
     top.set_ylabel("time per training step (ms)\nmedian and quartiles")
     top.set_title("Time per step, and what SyncBatchNorm adds, against the number of processes")
-    top.set_ylim(0, 1.45 * max(r["q3_ms"] for r in bench["rows"]))  # room for the legend
+    top.set_ylim(0, 1.6 * max(r["q3_ms"] for r in bench["rows"]))  # room for the legend
     top.legend(loc="upper left", frameon=True, framealpha=1, edgecolor="none")
     procs = sorted(costs)
-    for key, shift, marker, colour, label in (
-            ("exchange", -0.06, "o", NORM_COLORS["batch"],
-             "price of synchronizing (sync \u2212 sync_self)"),
-            ("code", 0.06, "^", COLORS["staged"], "layer's code (sync_self \u2212 local)")):
-        mean = np.array([costs[p][key].mean for p in procs])
-        low = mean - np.array([costs[p][key].low for p in procs])
-        high = np.array([costs[p][key].high for p in procs]) - mean
-        bottom.errorbar(np.array(procs) + shift, mean, yerr=[low, high], fmt=marker + "-",
-                        color=colour, ms=5, capsize=3, label=label)
-    bottom.axhline(0, color=COLORS["theory"], lw=0.8)
-    bottom.set_ylabel("extra time per step (ms)\nmean and 95% interval")
-    highest = max(costs[p][k].high for p in procs for k in ("exchange", "code"))
-    lowest = min(0.0, min(costs[p][k].low for p in procs for k in ("exchange", "code")))
-    bottom.set_ylim(lowest - 0.05 * (highest - lowest), lowest + 1.4 * (highest - lowest))
-    bottom.legend(loc="upper left", frameon=True, framealpha=1, edgecolor="none")
-    cores = bench["machine"].get("cores")
-    for ax in (top, bottom):
+    _median_bars(middle, procs, costs, (
+        ("exchange", "o", NORM_COLORS["batch"], "price of synchronizing (sync \u2212 sync_self)"),
+        ("code", "^", COLORS["staged"], "layer's code (sync_self \u2212 local)")))
+    middle.set_ylabel("extra time per step (ms)\nmedian, 95% interval")
+    _median_bars(bottom, procs, costs, (
+        ("collectives", "^", COLORS["staged"],
+         "the code's collectives (sync_self \u2212 no_collectives)"),
+        ("arithmetic", "v", COLORS["compiled"],
+         "the rest of the code (no_collectives \u2212 local)")))
+    bottom.set_ylabel("the code's cost (ms)\nmedian, 95% interval")
+    cores = bench.get("cores") or bench["machine"].get("cores")  # the cores the processes used
+    for ax in (top, middle, bottom):
         if cores:
             ax.axvline(cores + 0.5, color=COLORS["theory"], lw=1, ls=":")
     bottom.set_xticks(sorted({r["processes"] for r in bench["rows"]}))
-    where = f"; dotted line: {cores} cores" if cores else ""
+    where = f"; dotted line: the {cores} cores used" if cores else ""
     bottom.set_xlabel(f"number of processes (global batch fixed{where})")
     return fig
