@@ -172,10 +172,7 @@ def paired_difference(a: Any, b: Any, *, confidence: float = 0.95,
     ``a[i]`` and ``b[i]`` must be measured on the same seed; pairing removes the part of
     the spread that the two arms share.
     """
-    a, b = _sample(a, what), _sample(b, what)
-    if a.shape != b.shape:
-        raise ValueError(f"{what}: a paired difference needs as many values in each arm, "
-                         f"got {a.size} and {b.size}")
+    a, b = _paired_arms(a, b, what)
     return mean_se(a - b, confidence=confidence, what=what)
 
 
@@ -194,11 +191,11 @@ def difference(a: Any, b: Any, *, confidence: float = 0.95,
 
 
 @dataclass(frozen=True)
-class Ratio:
-    """The median of paired ratios over ``n`` repeats with a distribution-free interval.
+class _MedianInterval:
+    """A median over ``n`` paired repeats with a distribution-free ``confidence`` interval.
 
     The interval is the pair of order statistics that brackets the median with at least
-    ``confidence`` (the binomial argument: each ratio falls below the true median with
+    ``confidence`` (the binomial argument: each value falls below the true median with
     probability 1/2), so it makes no assumption about the shape of the timings' noise; it
     does assume that the repetitions are independent.
     """
@@ -209,16 +206,38 @@ class Ratio:
     n: int
     confidence: float = 0.95
 
+    def format(self, spec: str = ".2g") -> str:
+        return f"{self.median:{spec}} ({self.low:{spec}} to {self.high:{spec}}, n = {self.n})"
+
+    def __str__(self) -> str:
+        return self.format()
+
+
+@dataclass(frozen=True)
+class Ratio(_MedianInterval):
+    """The median of paired ratios (timings taken side by side) with its interval."""
+
     @property
     def excludes_one(self) -> bool:
         """True when the interval lies entirely above or below 1."""
         return self.low > 1 or self.high < 1
 
     def format(self, spec: str = ".2f") -> str:
-        return f"{self.median:{spec}} ({self.low:{spec}} to {self.high:{spec}}, n = {self.n})"
+        return super().format(spec)
 
-    def __str__(self) -> str:
-        return self.format()
+
+@dataclass(frozen=True)
+class MedianDifference(_MedianInterval):
+    """The median of paired differences with its interval.
+
+    For timings whose steps are paired (taken side by side) but whose noise has heavy tails,
+    where a mean and its standard error would be dominated by a few slow steps.
+    """
+
+    @property
+    def excludes_zero(self) -> bool:
+        """True when the interval lies entirely above or below 0."""
+        return self.low > 0 or self.high < 0
 
 
 def _median_interval(n: int, confidence: float) -> tuple[int, int] | None:
@@ -236,66 +255,39 @@ def _median_interval(n: int, confidence: float) -> tuple[int, int] | None:
     return None if j < 0 else (j, n - 1 - j)
 
 
+def _paired_median(kind: type[_MedianInterval], values: np.ndarray, confidence: float,
+                   what: str) -> _MedianInterval:
+    v = np.sort(values)
+    ranks = _median_interval(v.size, confidence)
+    if ranks is None:
+        raise ValueError(f"{what}: an interval for the median at {confidence:.0%} needs more "
+                         f"repeats than {v.size} (at least 6 at 95%)")
+    j, k = ranks
+    return kind(float(np.median(v)), float(v[j]), float(v[k]), v.size, confidence)
+
+
+def _paired_arms(a: Any, b: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+    a, b = _sample(a, what), _sample(b, what)
+    if a.shape != b.shape:
+        raise ValueError(f"{what}: a paired comparison needs as many values in each arm, "
+                         f"got {a.size} and {b.size}")
+    return a, b
+
+
 def paired_ratio(a: Any, b: Any, *, confidence: float = 0.95,
                  what: str = "paired ratio") -> Ratio:
     """Timings ``a[i] / b[i]`` of repeats taken side by side: median and its interval."""
-    a, b = _sample(a, what), _sample(b, what)
-    if a.shape != b.shape:
-        raise ValueError(f"{what}: a paired ratio needs as many values in each arm, "
-                         f"got {a.size} and {b.size}")
+    a, b = _paired_arms(a, b, what)
     if np.any(b <= 0) or np.any(a <= 0):
         raise ValueError(f"{what}: timings must be positive")
-    r = np.sort(a / b)
-    n = r.size
-    ranks = _median_interval(n, confidence)
-    if ranks is None:
-        raise ValueError(f"{what}: an interval for the median of paired ratios at "
-                         f"{confidence:.0%} needs more repeats than {n} (at least 6 at 95%)")
-    j, k = ranks
-    return Ratio(float(np.median(r)), float(r[j]), float(r[k]), n, confidence)
-
-
-@dataclass(frozen=True)
-class MedianDifference:
-    """The median of paired differences over ``n`` repeats with a distribution-free interval.
-
-    For timings whose steps are paired (taken side by side) but whose noise has heavy tails,
-    where a mean and its standard error would be dominated by a few slow steps. The interval
-    is the one of :class:`Ratio` (order statistics); it assumes independent repeats.
-    """
-
-    median: float
-    low: float
-    high: float
-    n: int
-    confidence: float = 0.95
-
-    @property
-    def excludes_zero(self) -> bool:
-        """True when the interval lies entirely above or below 0."""
-        return self.low > 0 or self.high < 0
-
-    def format(self, spec: str = ".2g") -> str:
-        return f"{self.median:{spec}} ({self.low:{spec}} to {self.high:{spec}}, n = {self.n})"
-
-    def __str__(self) -> str:
-        return self.format()
+    return _paired_median(Ratio, a / b, confidence, what)
 
 
 def paired_median_difference(a: Any, b: Any, *, confidence: float = 0.95,
                              what: str = "paired difference") -> MedianDifference:
     """``a[i] - b[i]`` over repeats taken side by side: the median and its interval."""
-    a, b = _sample(a, what), _sample(b, what)
-    if a.shape != b.shape:
-        raise ValueError(f"{what}: a paired difference needs as many values in each arm, "
-                         f"got {a.size} and {b.size}")
-    d = np.sort(a - b)
-    ranks = _median_interval(d.size, confidence)
-    if ranks is None:
-        raise ValueError(f"{what}: an interval for the median at {confidence:.0%} needs more "
-                         f"repeats than {d.size} (at least 6 at 95%)")
-    j, k = ranks
-    return MedianDifference(float(np.median(d)), float(d[j]), float(d[k]), d.size, confidence)
+    a, b = _paired_arms(a, b, what)
+    return _paired_median(MedianDifference, a - b, confidence, what)
 
 
 def assert_ordered(estimate: Estimate | Ratio | MedianDifference, *, sign: int = 1,
