@@ -21,6 +21,14 @@ interval (:func:`bncourse.claims.paired_ratio`). The JSON also keeps that summar
 ordered pair of variants (``paired_ratios``), so that a text comparing any two of them can
 state the spread and assert the order.
 
+A compiled network: the layer inside a small convolutional network (two blocks of
+convolution, BN and ReLU; :data:`NET_INPUT` is the batch), the whole network compiled by
+``torch.compile`` (inductor), one training step (forward, loss, backward), against the same
+network with torch's ``BatchNorm2d`` compiled the same way; interleaved like the shapes and
+reported as the paired ratio ``bncourse / torch`` with its interval (``compiled_network`` in
+the JSON). This is how a user meets the layer under the compiler: Dynamo traces it into the
+network's graph, and inductor fuses it with the convolutions' neighbours.
+
 Record: the JSON names the command that regenerates it (``command``), the number of
 repetitions of each shape, the settings, the date, and the machine's load average (one
 minute) before and after the run (``load_average``), so that a reader can judge how quiet
@@ -41,7 +49,7 @@ kernels, and the JSON goes to ``book/data/bench-cuda.json`` unless ``--out`` say
 ``--device cuda`` on a machine without CUDA stops with an error saying so.
 
 Run ``python -m bncourse.bench`` (``make bench``, ``make bench ARGS="--device cuda"``);
-``--quick`` for a smoke run, ``--no-compile`` to skip the compiled path,
+``--quick`` for a smoke run, ``--no-compile`` to skip the compiled path and network,
 ``--shapes 8x4 4x3x5x5`` for other shapes, ``--out PATH`` for the JSON (default
 ``book/data/bench.json``).
 """
@@ -81,6 +89,9 @@ __all__ = [
     "saved_for_backward",
     "Timing",
     "time_shape",
+    "conv_net",
+    "time_compiled_network",
+    "NET_INPUT",
     "check_device",
     "machine_info",
     "command_line",
@@ -93,12 +104,19 @@ SHAPES: tuple[tuple[int, ...], ...] = (
 )
 VARIANTS: tuple[str, ...] = ("torch", "bncourse", "staged", "compiled")
 EPS = 1e-5
+#: The batch of the compiled-network comparison: 32 RGB images of 24 x 24.
+NET_INPUT: tuple[int, ...] = (32, 3, 24, 24)
+#: Channels of the two convolutions in that network.
+NET_CHANNELS = 16
 DEFAULT_OUT = Path("book/data/bench.json")
 DEFAULT_OUT_CUDA = Path("book/data/bench-cuda.json")
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 PROGRAM = "python -m bncourse.bench"
 #: The confidence of the intervals of the paired ratios.
 CONFIDENCE = 0.95
+#: Decimals kept for ratios and compile times in the JSON: enough that a text which shows two
+#: of them never rounds a value that was already rounded near the digit it shows.
+RATIO_DECIMALS = 6
 
 # Repetitions: as many as fit in the time budget of a shape, within [min, max]. A paired
 # ratio's interval needs at least 6 (bncourse.claims.paired_ratio).
@@ -265,6 +283,75 @@ def time_shape(
     return Timing(tuple(shape), times, compile_seconds)
 
 
+def conv_net(bn: Callable[[int], torch.nn.Module], channels: int = NET_CHANNELS,
+             seed: int = 0, device: str | torch.device = "cpu") -> torch.nn.Sequential:
+    """Two blocks of 3x3 convolution, ``bn(channels)`` and ReLU, on 3-channel images.
+
+    The convolutions' weights depend only on ``seed``, so two networks built with different
+    ``bn`` layers compute the same function.
+    """
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(NET_INPUT[1], channels, 3, padding=1), bn(channels), torch.nn.ReLU(),
+        torch.nn.Conv2d(channels, channels, 3, padding=1), bn(channels), torch.nn.ReLU(),
+    ).to(device)
+
+
+def _net_step(net: Callable[[Tensor], Tensor], params: list[Tensor], x: Tensor) -> float:
+    cuda = x.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for p in params:
+        p.grad = None
+    net(x).square().mean().backward()
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def time_compiled_network(settings: dict, seed: int = 0, device: str = "cpu") -> Timing:
+    """One training step of :func:`conv_net` compiled whole, torch's BN against ours.
+
+    Both networks are compiled with ``torch.compile`` (inductor, ``fullgraph=True``: a graph
+    break would raise) and timed interleaved; ``compile_seconds`` is the first step of both.
+    """
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(NET_INPUT, generator=g).to(device)
+    nets = {"torch": conv_net(torch.nn.BatchNorm2d, seed=seed, device=device),
+            "bncourse": conv_net(BatchNorm, seed=seed, device=device)}
+    nets["bncourse"].load_state_dict(nets["torch"].state_dict())
+    steps = {v: (torch.compile(net, fullgraph=True), list(net.parameters()))
+             for v, net in nets.items()}
+    t0 = time.perf_counter()
+    for fn, params in steps.values():
+        _net_step(fn, params, x)
+    compile_seconds = time.perf_counter() - t0
+    variants = list(steps)
+    for _ in range(settings["warmup"]):
+        for v in variants:
+            _net_step(*steps[v], x)
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    t_rep = sum(_net_step(*steps[v], x) for v in variants)
+    reps = int(settings["budget_s"] / max(t_rep, 1e-9))
+    reps = max(settings["min_reps"], min(settings["max_reps"], reps))
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for i in range(reps):
+            for j in range(len(variants)):
+                v = variants[(i + j) % len(variants)]
+                times[v].append(_net_step(*steps[v], x))
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    torch._dynamo.reset()
+    return Timing(tuple(NET_INPUT), times, compile_seconds)
+
+
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -343,7 +430,8 @@ def _load_average() -> float | None:
 
 
 def _ratio_record(r: Ratio) -> dict:
-    return {"median": round(r.median, 4), "low": round(r.low, 4), "high": round(r.high, 4),
+    return {"median": round(r.median, RATIO_DECIMALS), "low": round(r.low, RATIO_DECIMALS),
+            "high": round(r.high, RATIO_DECIMALS),
             "n": r.n}
 
 
@@ -410,6 +498,23 @@ def run(
             shutil.rmtree(cache_dir, ignore_errors=True)
     for key, seconds in compile_seconds.items():
         print(f"compile time {key}: {seconds:.2f} s (first forward + backward, not in the table)")
+    network = None
+    if compile:
+        net_timing = time_compiled_network(settings, seed, device)
+        r = net_timing.paired_ratio("bncourse")
+        network = {
+            "description": f"conv{NET_CHANNELS}-BN-ReLU twice, torch.compile (inductor, "
+                           f"fullgraph), one training step",
+            "input": list(NET_INPUT),
+            "repeats": net_timing.reps,
+            "median_ms": {v: round(net_timing.median_ms(v), 4) for v in net_timing.times},
+            "ratio": _ratio_record(r),
+            "compile_seconds": round(net_timing.compile_seconds, RATIO_DECIMALS),
+        }
+        print(f"compiled network ({network['description']}, input "
+              f"{shape_key(NET_INPUT)}): bncourse / torch {r.median:.3f} "
+              f"({r.low:.3f}-{r.high:.3f}), torch {network['median_ms']['torch']:.3f} ms, "
+              f"{net_timing.reps} interleaved repetitions")
     load_after = _load_average()
     print(f"load average {load_before} before the run, {load_after} after")
     result = {
@@ -423,6 +528,7 @@ def run(
         "rows": rows,
         "paired_ratios": pairs,
         "compile_seconds": compile_seconds,
+        "compiled_network": network,
     }
     if out is not None:
         out = Path(out)
@@ -459,9 +565,9 @@ def _run_shapes(
                 "variant": v,
                 "repeats": timing.reps,
                 "median_ms": round(timing.median_ms(v), 4),
-                "ratio_to_torch": round(ratio.median, 4),
-                "ratio_low": round(ratio.low, 4),
-                "ratio_high": round(ratio.high, 4),
+                "ratio_to_torch": round(ratio.median, RATIO_DECIMALS),
+                "ratio_low": round(ratio.low, RATIO_DECIMALS),
+                "ratio_high": round(ratio.high, RATIO_DECIMALS),
                 "saved_bytes": int(saved.nbytes),
             }
             rows.append(row)
@@ -479,7 +585,7 @@ def _run_shapes(
             )
         print(f"{'':{widths[0]}}  ({timing.reps} interleaved repetitions)")
         if timing.compile_seconds is not None:
-            compile_seconds[shape_key(shape)] = round(timing.compile_seconds, 3)
+            compile_seconds[shape_key(shape)] = round(timing.compile_seconds, RATIO_DECIMALS)
         sys.stdout.flush()
 
 

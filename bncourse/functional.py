@@ -188,7 +188,9 @@ def batch_norm_backward(
         cache: the second value returned by :func:`batch_norm_forward`.
 
     Returns:
-        ``(dx, dgamma, dbeta)`` with shapes ``x.shape``, ``(C,)``, ``(C,)``.
+        ``(dx, dgamma, dbeta)`` with shapes ``x.shape``, ``(C,)``, ``(C,)``; ``dx`` has the
+        input's dtype (as ``y`` has in the forward), ``dgamma`` and ``dbeta`` the dtype of
+        ``gamma``: each gradient the dtype of what it differentiates, as in torch.
     """
     dy = _check_dy(dy, cache.x_hat.shape)
     x_hat = cache.x_hat
@@ -199,7 +201,7 @@ def batch_norm_backward(
     dgamma = (dy * x_hat).sum(axis=axes)
     scale = (cache.gamma * cache.inv_std / m).reshape(shape)
     dx = scale * (m * dy - dbeta.reshape(shape) - x_hat * dgamma.reshape(shape))
-    return dx, dgamma, dbeta
+    return _as_dtypes(dx, dgamma, dbeta, x_hat.dtype, cache.gamma.dtype)
 
 
 def batch_norm_backward_staged(
@@ -210,7 +212,8 @@ def batch_norm_backward_staged(
     Nodes: $\mu = \operatorname{mean}(x)$, $c = x - \mu$, $v = \operatorname{mean}(c^2)$,
     $s = 1/\sqrt{v + \epsilon}$, $\hat{x} = c\,s$, $y = \gamma\hat{x} + \beta$. Every
     intermediate is an array and every step is one application of the chain rule, so the
-    result can be checked against :func:`batch_norm_backward` line by line.
+    result can be checked against :func:`batch_norm_backward` line by line. The dtypes of
+    the results are those of :func:`batch_norm_backward`.
     """
     x = _check_input(x)
     num_channels = x.shape[1]
@@ -239,7 +242,19 @@ def batch_norm_backward_staged(
     dc = dc + dv * 2.0 * c / m  # v = mean(c^2)
     dmu = -dc.sum(axis=axes, keepdims=True)  # c = x - mu
     dx = dc + dmu / m  # mu = mean(x)
-    return dx, dgamma, dbeta
+    return _as_dtypes(dx, dgamma, dbeta, x.dtype, gamma.dtype)
+
+
+def _as_dtypes(
+    dx: np.ndarray, dgamma: np.ndarray, dbeta: np.ndarray, x_dtype, gamma_dtype
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``dx`` in the input's dtype, ``dgamma`` and ``dbeta`` in ``gamma``'s.
+
+    NumPy promotes a float32 array times a float64 one (``gamma`` is float64 when it comes
+    from ``np.ones``) to float64; the forward casts ``y`` back, and so does the backward.
+    """
+    return (dx.astype(x_dtype, copy=False), dgamma.astype(gamma_dtype, copy=False),
+            dbeta.astype(gamma_dtype, copy=False))
 
 
 def batch_norm_inference(

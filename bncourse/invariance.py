@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .functional import batch_norm_forward
-from .layer import BatchNorm, staged_batch_norm
+from .layer import staged_batch_norm
 
 __all__ = [
     "projection_bn",
@@ -215,9 +215,16 @@ def train_scale_invariant(
     g = torch.Generator().manual_seed(seed + 1)
     w = (init_scale * torch.randn(hidden, 16, generator=g, dtype=torch.float64) / 4.0)
     w.requires_grad_(True)
-    bn = BatchNorm(hidden, eps=eps, dtype=torch.float64)
+    # BN's affine parameters around the staged formula, which accepts eps = 0 (the exact
+    # invariance); the layer, like torch's, refuses eps = 0 with batch statistics.
+    gamma = torch.ones(hidden, dtype=torch.float64, requires_grad=True)
+    beta = torch.zeros(hidden, dtype=torch.float64, requires_grad=True)
+
+    def bn(z: Tensor) -> Tensor:
+        return staged_batch_norm(z, gamma, beta, eps)
+
     v = (torch.randn(4, hidden, generator=g, dtype=torch.float64) / hidden**0.5).requires_grad_()
-    others = [*bn.parameters(), v]
+    others = [gamma, beta, v]
     order = torch.randint(0, x.shape[0], (steps, batch_size), generator=g)
     beta1, beta2 = adam_betas
     first = torch.zeros_like(w)

@@ -20,11 +20,20 @@ How the contract of torch's layer is kept, and why:
   ``inv_std`` (the backward accepts those too). So double backward, Hessians and gradient
   penalties are exact, and first-order training saves and computes what it did before (a
   fast path in :func:`compact_backward` runs the closed form when nothing else arrives).
-  Forward-mode AD has its own ``jvp``. Under ``torch.func`` (``vmap`` over ensembles,
-  ``jacrev``, ``jvp``, ``hessian``) and ``torch.compile`` the Function is applied in its
-  ``setup_context`` form with ``generate_vmap_rule``; plain eager calls use the same static
-  methods with ``ctx`` in ``forward``, which ``Function.apply`` calls without binding the
+  Forward-mode AD has its own ``jvp``. Three classes share these static methods, and the
+  layer picks one per call: under ``torch.func`` (``vmap`` over ensembles, ``jacrev``,
+  ``jvp``, ``hessian``) the ``setup_context`` form with ``generate_vmap_rule`` and ``jvp``;
+  under ``torch.compile`` the same without ``jvp`` (Dynamo refuses a Function with a
+  custom ``jvp``: it would break the graph at every layer, and ``fullgraph=True`` would
+  fail), so a compiled model is one graph in training and in eval; plain eager calls a
+  form with ``ctx`` in ``forward``, which ``Function.apply`` calls without binding the
   signature each time (tens of microseconds a step).
+* **Layout.** The output and the input gradient have the memory format torch's kernels give
+  them: channels_last (or channels_last_3d) for an input strided like it, contiguous for
+  every other layout (a permutation of the axes, a slice, an expanded tensor).
+* **Meta device.** ``BatchNorm(..., device="meta")``, then ``to_empty(device=...)`` and
+  ``reset_parameters()``, builds the layer without allocating, as torch's does (FSDP
+  builds large models this way); a forward on the meta device gives a meta output.
 * **Reduced precision.** float16/bfloat16 inputs are normalized with statistics accumulated
   in float32 (``mean``, ``var``, ``inv_std`` are float32); ``y``, ``x_hat`` and the input
   gradient are in the input's dtype. Parameters and buffers must have the input's dtype,
@@ -70,13 +79,25 @@ How the contract of torch's layer is kept, and why:
   Dynamo's recompile limit is raised to :data:`COMPILE_RECOMPILE_LIMIT`, past which it
   raises instead of silently falling back to eager.
 
-Deliberate differences from torch's layer:
+Deliberate differences from torch's layer, each with the behaviour of torch's it replaces:
 
 * one class for 2D to 5D inputs (torch checks the dimension per class; ours accepts any
   input with at least 2 dimensions);
-* ``num_features`` must be positive, ``momentum`` in [0, 1] or ``None``, ``eps`` >= 0;
-* bad input raises a ``ValueError`` where torch raises a ``RuntimeError`` (a dtype mismatch
-  raises :class:`DtypeMismatchError`, both at once);
+* the constructor validates: ``num_features`` must be a positive integer of any integer
+  type (torch also takes 0); ``momentum`` in [0, 1] or ``None`` (torch takes any number,
+  so a percentage such as 10 or a negative value silently makes the running statistics
+  diverge); ``eps`` >= 0 (torch takes a negative ``eps`` and raises only when a
+  training-mode forward meets it, and in eval mode normalizes with ``running_var + eps``
+  whatever its sign). ``eps = 0`` is accepted, and a forward that uses batch statistics
+  refuses it with a ``ValueError``, as torch's does;
+* bad input raises an exception with a message that says what to do, of a class that is
+  also torch's: a channel or per-channel length mismatch :class:`ShapeMismatchError`
+  (``ValueError`` and torch's ``RuntimeError``), a non-floating input
+  :class:`InputDtypeError` (``ValueError`` and torch's ``NotImplementedError``), a dtype
+  mismatch :class:`DtypeMismatchError` (``TypeError`` and torch's ``RuntimeError``), eval
+  mode without running statistics :class:`RunningStatsError` (``ValueError`` and torch's
+  ``RuntimeError``); where torch raises ``ValueError`` (too few dimensions, one value per
+  channel in training) ours does too;
 * for float16/bfloat16 inputs ``x_hat`` is saved in the input's dtype (torch saves the
   input), so their gradients differ from torch's by a few roundings of that dtype;
 * float16/bfloat16 layers (parameters in the low dtype too) normalize in float32 throughout;
@@ -84,8 +105,10 @@ Deliberate differences from torch's layer:
   which loses every digit when ``|mean| >> sigma`` (errors of order 1 for inputs of mean
   1000 and spread 400), so there the two differ by more than a rounding and ours is the one
   near the float64 result;
-* TorchScript is not supported (above), and ``convert_sync_batchnorm`` hands the layer's
-  state to torch's SyncBatchNorm rather than keeping this layer.
+* TorchScript is not supported (above; it replaces ``torch.jit.script`` and the saving of
+  a training-mode ``torch.jit.trace``, for which :func:`to_torch` gives torch's layer with
+  the same state, and ``torch.compile`` compiles this one), and ``convert_sync_batchnorm``
+  hands the layer's state to torch's SyncBatchNorm rather than keeping this layer.
 
 The formulas also exist here as plain tensor functions: :func:`compact_forward` and
 :func:`compact_backward` (what the Function runs, and what the compiled path compiles),
@@ -96,6 +119,7 @@ autograd, for comparison).
 from __future__ import annotations
 
 import contextlib
+import operator
 
 import torch
 from torch import Tensor, nn
@@ -105,6 +129,9 @@ __all__ = [
     "BatchNorm",
     "BatchNormFunction",
     "DtypeMismatchError",
+    "ShapeMismatchError",
+    "InputDtypeError",
+    "RunningStatsError",
     "batch_norm",
     "compact_forward",
     "compact_backward",
@@ -120,6 +147,22 @@ _REDUCED = (torch.float16, torch.bfloat16)
 
 class DtypeMismatchError(TypeError, RuntimeError):
     """Parameters or buffers whose dtype does not fit the input's (torch raises RuntimeError)."""
+
+
+class ShapeMismatchError(ValueError, RuntimeError):
+    """An input whose channels, or a per-channel tensor whose length, does not fit the others.
+
+    Torch raises ``RuntimeError`` here; this is both, so code written for torch's layer
+    (``except RuntimeError``) and code written for this one (``except ValueError``) catch it.
+    """
+
+
+class RunningStatsError(ValueError, RuntimeError):
+    """Eval-mode normalization without both running statistics (torch: ``RuntimeError``)."""
+
+
+class InputDtypeError(ValueError, NotImplementedError):
+    """An input of a non-floating dtype (torch raises ``NotImplementedError``, a RuntimeError)."""
 
 
 def _dims(x: Tensor) -> list[int]:
@@ -144,7 +187,7 @@ def _check_input(x: Tensor) -> None:
             f"got shape {tuple(x.shape)}"
         )
     if not x.is_floating_point():
-        raise ValueError(
+        raise InputDtypeError(
             f"input must have a floating dtype; got {x.dtype}. Convert it first, e.g. x.float()"
         )
 
@@ -181,16 +224,35 @@ def _check_training_batch(x: Tensor) -> int:
 
 def _check_channels(x: Tensor, num_features: int) -> None:
     if x.shape[1] != num_features:
-        raise ValueError(
+        raise ShapeMismatchError(
             f"input has {x.shape[1]} channels on axis 1 but the layer was built for "
             f"num_features = {num_features}; got shape {tuple(x.shape)}"
         )
 
 
+def _torch_layout(x: Tensor) -> Tensor:
+    """``x`` in the memory format of torch's batch-norm output and input gradient.
+
+    Torch's CPU kernels write ``y`` and ``dx`` in ``x``'s suggested memory format:
+    channels_last (or channels_last_3d) for an input strided like it, contiguous otherwise
+    (any other permutation, a sliced or an expanded input). Giving the formulas ``x`` in
+    that format makes every tensor they create, and so the output and the gradient, follow
+    it; an input already in it is used as it is.
+    """
+    if x.is_contiguous() or x.layout != torch.strided:
+        return x
+    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
+        return x  # batched tensors under torch.func have no strides to speak of
+    from torch._prims_common import suggest_memory_format
+
+    fmt = suggest_memory_format(x)
+    return x if x.is_contiguous(memory_format=fmt) else x.contiguous(memory_format=fmt)
+
+
 def _no_autocast(x: Tensor) -> contextlib.AbstractContextManager:
     """Autocast off for the layer's own ops: torch's layer keeps its input's dtype too."""
     device = x.device.type
-    if torch.is_autocast_enabled(device):
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
         return torch.autocast(device, enabled=False)
     return contextlib.nullcontext()
 
@@ -438,29 +500,169 @@ class _BatchNormCore(torch.autograd.Function):
     jvp = staticmethod(_core_jvp)
 
 
-class _BatchNormCoreEager(torch.autograd.Function):
-    """The same Function with ``ctx`` in ``forward``, for plain eager calls.
+class _BatchNormCoreCompiled(torch.autograd.Function):
+    """The same Function without ``jvp``, for the graph ``torch.compile`` traces.
 
-    Identical maths; it exists because ``Function.apply`` binds the forward's signature with
-    ``inspect`` on every call when ``setup_context`` is defined, which costs tens of
-    microseconds a step.
+    Dynamo refuses a Function with a custom ``jvp`` (a graph break at every layer in
+    training mode, and ``fullgraph=True`` fails); forward-mode AD is ``torch.func``'s
+    business, which gets :class:`_BatchNormCore`.
     """
 
-    @staticmethod
-    def forward(ctx, *args):  # type: ignore[override]
-        out = _core_forward(*args)
-        _core_setup_context(ctx, args, out)
-        return out
-
+    generate_vmap_rule = True
+    forward = staticmethod(_core_forward)
+    setup_context = staticmethod(_core_setup_context)
     backward = staticmethod(_core_backward)
-    jvp = staticmethod(_core_jvp)
+
+
+#: A first-order backward forms ``sum(dy * x_hat)`` as ``inv_std * (sum(dy * x) -
+#: mean * sum(dy))``, which skips centring ``x`` but loses about ``log2(1 + |mean| * inv_std)``
+#: bits to cancellation; past this ratio of ``|mean|`` to the standard deviation it centres
+#: ``x`` first, as the forward does.
+EAGER_CANCELLATION_LIMIT = 4.0
+
+
+def _eager_forward(ctx, x, weight, bias, eps, running_mean, running_var, momentum):
+    """The forward in the fewest passes: ``y = x * scale + shift`` with per-channel vectors.
+
+    Saves ``x`` (the input: no new activation-sized tensor), ``mean``, ``inv_std`` and
+    ``weight``; the centred input is a temporary whose memory becomes ``y``.
+    """
+    dims = _dims(x)
+    compute = _compute_dtype(x.dtype)
+    xc = x if x.dtype == compute else x.to(compute)
+    mean = xc.mean(dim=dims)
+    buf = xc - _per_channel(mean, x)
+    var = buf.square_().mean(dim=dims)
+    inv_std = torch.rsqrt(var + eps)
+    scale = inv_std if weight is None else inv_std * weight.to(compute)
+    shift = -mean * scale if bias is None else bias.to(compute) - mean * scale
+    if x.dim() == 2:
+        # Per-channel vectors run along the contiguous axis: one fused pass.
+        y = torch.addcmul(_per_channel(shift, x), xc, _per_channel(scale, x), out=buf)
+    else:
+        # Two broadcast operands of one kernel make it slow; one each is vectorized.
+        y = torch.mul(xc, _per_channel(scale, x), out=buf).add_(_per_channel(shift, x))
+    if y.dtype != x.dtype:
+        y = y.to(x.dtype)
+    m = _values_per_channel(x)
+    if running_mean is not None and running_var is not None and m > 0:
+        _update_running(running_mean, mean, momentum)
+        _update_running(running_var, var * (m / (m - 1)), momentum)
+    ctx.save_for_backward(x, mean, inv_std, weight)
+    ctx.save_for_forward(x, mean, inv_std, weight)
+    ctx.mark_non_differentiable(mean, var)
+    ctx.set_materialize_grads(False)
+    ctx.eps = eps
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    return y, mean, var
+
+
+def _recompute_normalized(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """``(x_hat, inv_std)`` from ``x`` in differentiable ops, in the compute dtype."""
+    dims = _dims(x)
+    compute = _compute_dtype(x.dtype)
+    xc = x if x.dtype == compute else x.to(compute)
+    centred = xc - _per_channel(xc.mean(dim=dims), x)
+    inv_std = torch.rsqrt((centred * centred).mean(dim=dims) + eps)
+    return centred * _per_channel(inv_std, x), inv_std
+
+
+def _eager_first_order(dy, x, mean, inv_std, weight):
+    """``(dx, dgamma, dbeta)`` in the fewest passes; ``x`` and ``dy`` of one dtype.
+
+    ``dx = a * x + b + scale * dy`` with per-channel ``a``, ``b`` and ``scale``, after the two
+    per-channel sums ``sum(dy)`` and ``sum(dy * x_hat)``.
+    """
+    dims = _dims(x)
+    m = max(_values_per_channel(x), 1)
+    dbeta = dy.sum(dim=dims)
+    if (x.device.type == "cpu"  # elsewhere the check would wait for the device
+            and float((mean.abs() * inv_std).max()) <= EAGER_CANCELLATION_LIMIT):
+        buf = x * dy  # x first: the product, and so dx, takes x's memory format
+        dgamma = inv_std * (buf.sum(dim=dims) - mean * dbeta)
+    else:
+        buf = (x - _per_channel(mean, x)).mul_(dy)
+        dgamma = inv_std * buf.sum(dim=dims)
+    scale = inv_std if weight is None else inv_std * weight
+    a = -(scale * inv_std * dgamma) / m
+    b = -(scale * dbeta) / m - a * mean
+    if x.dim() == 2:
+        dx = torch.addcmul(_per_channel(b, x), x, _per_channel(a, x), out=buf)
+    else:
+        dx = torch.mul(x, _per_channel(a, x), out=buf).add_(_per_channel(b, x))
+    return dx.addcmul_(dy, _per_channel(scale, x)), dgamma, dbeta
+
+
+def _eager_backward(ctx, dy, _dmean, _dvar):
+    """First order in the fewest passes; under ``create_graph``, differentiable from ``x``.
+
+    ``torch.is_grad_enabled()`` is True in a backward exactly when it runs with
+    ``create_graph=True``. Then ``x_hat`` and ``inv_std`` are recomputed from the saved
+    input with differentiable ops and :func:`compact_backward` runs on them, so autograd
+    records a graph back to ``x``, ``weight`` and ``dy`` and can differentiate it again.
+    """
+    if dy is None:
+        return None, None, None, None, None, None, None
+    x, mean, inv_std, weight = ctx.saved_tensors
+    if (torch.is_grad_enabled() or x.dtype != inv_std.dtype or dy.dtype != x.dtype
+            or x.numel() == 0 or torch._C._are_functorch_transforms_active()
+            or torch._C._functorch.is_legacy_batchedtensor(dy)):
+        # Also when a vmap runs over the backward (gradcheck's batched gradients use the
+        # legacy one): there, no writes into a buffer made here and no reading of values.
+        x_hat, inv_std = _recompute_normalized(x, ctx.eps)
+        dx, dgamma, dbeta = compact_backward(dy, x_hat, inv_std, weight)
+        if dx.dtype != x.dtype:
+            dx = dx.to(x.dtype)
+    else:
+        dx, dgamma, dbeta = _eager_first_order(dy, x, mean, inv_std, weight)
+    if weight is not None and dgamma.dtype != weight.dtype:
+        dgamma = dgamma.to(weight.dtype)
+    if ctx.bias_dtype is not None and dbeta.dtype != ctx.bias_dtype:
+        dbeta = dbeta.to(ctx.bias_dtype)
+    return (
+        dx if ctx.needs_input_grad[0] else None,
+        dgamma if ctx.needs_input_grad[1] else None,
+        dbeta if ctx.needs_input_grad[2] else None,
+        None, None, None, None,
+    )
+
+
+def _eager_jvp(ctx, tx, tw, tb, *_):
+    x, mean, inv_std, weight = ctx.saved_tensors
+    compute = inv_std.dtype
+    xc = x if x.dtype == compute else x.to(compute)
+    x_hat = (xc - _per_channel(mean, x)) * _per_channel(inv_std, x)
+    ty, _, _ = _jvp_formula(tx, tw, tb, x_hat, inv_std, weight, x.dtype)
+    return ty, None, None
+
+
+class _BatchNormCoreEager(torch.autograd.Function):
+    """The Function for plain eager calls: outputs ``(y, mean, var)``, saves ``x``.
+
+    ``ctx`` in ``forward``, because ``Function.apply`` binds the forward's signature with
+    ``inspect`` on every call when ``setup_context`` is defined (tens of microseconds a
+    step). It saves the input, as torch's layer does, with ``mean`` and ``inv_std``; its
+    backward takes a first-order path in the fewest passes over memory, and under
+    ``create_graph=True`` recomputes ``x_hat`` from ``x`` with differentiable ops (see
+    :func:`_eager_backward`), so derivatives of every order stay exact.
+    """
+
+    forward = staticmethod(_eager_forward)
+    backward = staticmethod(_eager_backward)
+    jvp = staticmethod(_eager_jvp)
 
 
 def _core_apply(*args):
-    """Apply the Function: the ``torch.func``/compile-ready class when a transform or the
-    compiler is active, the leaner one otherwise (both compute the same)."""
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
-        return _BatchNormCore.apply(*args)
+    """Apply the Function: one class per context, all computing the same ``(y, mean, var)``.
+
+    Under ``torch.compile``, the class without ``jvp`` (Dynamo traces it into the graph);
+    under a ``torch.func`` transform, the ``setup_context`` class with ``jvp`` and a vmap
+    rule; otherwise the lean eager class, which saves ``x`` rather than ``x_hat``.
+    """
+    if torch.compiler.is_compiling():
+        return _BatchNormCoreCompiled.apply(*args)[:3]
+    if torch._C._are_functorch_transforms_active():
+        return _BatchNormCore.apply(*args)[:3]
     return _BatchNormCoreEager.apply(*args)
 
 
@@ -484,8 +686,7 @@ class BatchNormFunction(_BatchNormCore):
     @classmethod
     def apply(cls, x, weight, bias, eps, running_mean=None, running_var=None,  # type: ignore[override]
               momentum=0.0):
-        y, mean, var, _, _ = _core_apply(x, weight, bias, eps, running_mean, running_var,
-                                         momentum)
+        y, mean, var = _core_apply(x, weight, bias, eps, running_mean, running_var, momentum)
         return y, mean, var
 
 
@@ -617,16 +818,23 @@ def batch_norm(
     for name, v in (("running_mean", running_mean), ("running_var", running_var),
                     ("weight", weight), ("bias", bias)):
         if v is not None and tuple(v.shape) != (c,):
-            raise ValueError(
+            raise ShapeMismatchError(
                 f"{name} must have shape (C,) = ({c},), one value per channel; "
                 f"got {tuple(v.shape)}"
             )
     _check_dtypes(x, weight=weight, bias=bias, running_mean=running_mean,
                   running_var=running_var)
+    x = _torch_layout(x)
     if training:
         if (running_mean is None) != (running_var is None):
             raise ValueError(
                 "running_mean and running_var must either both be None or neither be None"
+            )
+        if not float(eps) > 0.0:
+            raise ValueError(
+                f"eps must be positive when batch statistics normalize the input (training "
+                f"mode, or no running statistics); got eps = {eps}. With eps = 0 a channel "
+                f"of equal values divides by zero; torch raises ValueError here too"
             )
         _check_training_batch(x)
         _refuse_tracing()
@@ -634,7 +842,12 @@ def batch_norm(
             return _batch_norm_train(x, weight, bias, eps, running_mean, running_var,
                                      float(momentum))
     if running_mean is None or running_var is None:
-        raise ValueError("eval-mode batch normalization needs running_mean and running_var")
+        raise RunningStatsError(
+            "eval-mode batch normalization needs running_mean and running_var (or neither, "
+            "with training=True: batch statistics); got "
+            f"running_mean={'None' if running_mean is None else 'a tensor'}, "
+            f"running_var={'None' if running_var is None else 'a tensor'}"
+        )
     with _no_autocast(x):
         compute = _compute_dtype(x.dtype)
         inv_std = torch.rsqrt(running_var.to(compute) + eps)
@@ -642,8 +855,26 @@ def batch_norm(
         shift = -running_mean.to(compute) * scale
         if bias is not None:
             shift = shift + bias.to(compute)
-        y = torch.addcmul(_per_channel(shift, x), x, _per_channel(scale, x))
+        y = torch.addcmul(_per_channel(shift, x), _grad_in_layout(x), _per_channel(scale, x))
     return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
+def _grad_in_layout(x: Tensor) -> Tensor:
+    """``x``, or an alias of it whose gradient comes back in ``x``'s channels_last format.
+
+    In eval mode the input gradient is ``dy * scale``, which autograd lays out like ``dy``;
+    torch's kernel writes it in the input's format. For a channels_last input that requires
+    grad (in eager mode) the alias converts the gradient that flows through it.
+    """
+    if (x.is_contiguous() or not x.requires_grad or not torch.is_grad_enabled()
+            or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()):
+        return x
+    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
+    if fmt is None or not x.is_contiguous(memory_format=fmt):
+        return x
+    alias = x.view_as(x)
+    alias.register_hook(lambda g: g.contiguous(memory_format=fmt))
+    return alias
 
 
 class BatchNorm(_BatchNorm):
@@ -672,7 +903,14 @@ class BatchNorm(_BatchNorm):
         *,
         bias: bool = True,
     ) -> None:
-        if not isinstance(num_features, int) or num_features < 1:
+        try:
+            # Any integer type (np.int64 from a NumPy shape too), as in torch; not 3.0.
+            num_features = operator.index(num_features)
+        except TypeError:
+            raise ValueError(
+                f"num_features must be a positive integer; got {num_features!r}"
+            ) from None
+        if num_features < 1:
             raise ValueError(f"num_features must be a positive integer; got {num_features!r}")
         if not float(eps) >= 0.0:
             raise ValueError(f"eps must be a non-negative number; got {eps}")

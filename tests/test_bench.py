@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
+import bncourse
 from bncourse import bench
 
 SHAPES = [(6, 3), (5, 4, 3), (4, 3, 2, 5), (2, 3, 2, 2, 3)]
@@ -188,7 +190,8 @@ def test_quick_run_writes_json_with_the_documented_schema(tmp_path, capsys):
 
     data = json.loads(out.read_text())
     assert set(data) == {"command", "machine", "load_average", "settings", "confidence", "dtype",
-                         "shapes", "rows", "paired_ratios", "compile_seconds"}, set(data)
+                         "shapes", "rows", "paired_ratios", "compile_seconds",
+                         "compiled_network"}, set(data)
     assert data["command"] == (
         f"python -m bncourse.bench --quick --no-compile --shapes 6x3 4x3x2x2 --out {out}"
     ), data["command"]
@@ -206,6 +209,7 @@ def test_quick_run_writes_json_with_the_documented_schema(tmp_path, capsys):
     assert data["dtype"] == "float32"
     assert data["shapes"] == [list(s) for s in shapes]
     assert data["compile_seconds"] == {}, "compile_seconds should be empty with --no-compile"
+    assert data["compiled_network"] is None, "no compiled network with --no-compile"
 
     rows = data["rows"]
     assert [(r["shape"], r["variant"]) for r in rows] == [
@@ -309,3 +313,47 @@ def test_cuda_variants_match_torch_on_the_gpu():
             assert got.device.type == "cuda", f"{variant} {name} left the GPU"
             err = float((got - want).abs().max() / want.abs().max())
             assert err < 1e-4, f"{variant} {name}: difference {err:.2e} of the largest value"
+
+
+# ---------------------------------------------------------------------------------------
+# The compiled network: torch's BN against ours inside the same compiled conv net
+# ---------------------------------------------------------------------------------------
+
+
+def test_the_two_networks_compute_the_same_function():
+    x = torch.randn(bench.NET_INPUT, generator=torch.Generator().manual_seed(0))[:4]
+    a = bench.conv_net(torch.nn.BatchNorm2d)
+    b = bench.conv_net(bncourse.BatchNorm)
+    assert [type(m) for m in b] != [type(m) for m in a]
+    b.load_state_dict(a.state_dict())
+    ya, yb = a(x), b(x)
+    assert ya.shape == (4, bench.NET_CHANNELS, *bench.NET_INPUT[2:])
+    assert float((ya - yb).abs().max()) < 1e-5
+
+
+def test_compiled_network_timing_runs_both_networks_as_one_graph(monkeypatch):
+    # Inductor takes long to compile here; aot_eager traces the same graphs (fullgraph=True
+    # raises at a graph break), which is what this test checks.
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile",
+                        lambda model, **kw: real_compile(model, backend="aot_eager", **kw))
+    settings = {"warmup": 1, "budget_s": 0.0, "min_reps": 6, "max_reps": 6}
+    timing = bench.time_compiled_network(settings)
+    assert set(timing.times) == {"torch", "bncourse"}
+    assert timing.reps == 6 and timing.compile_seconds > 0
+    r = timing.paired_ratio("bncourse")
+    assert r.low <= r.median <= r.high and r.n == 6
+
+
+def test_stored_json_has_the_compiled_network_the_chapter_reads():
+    data = json.loads((Path(__file__).parents[1] / bench.DEFAULT_OUT).read_text())
+    net = data["compiled_network"]
+    assert data["command"] == "python -m bncourse.bench", data["command"]
+    assert set(net) == {"description", "input", "repeats", "median_ms", "ratio",
+                        "compile_seconds"}, set(net)
+    assert net["input"] == list(bench.NET_INPUT)
+    assert set(net["median_ms"]) == {"torch", "bncourse"}
+    r = net["ratio"]
+    assert set(r) == {"median", "low", "high", "n"} and r["n"] == net["repeats"] >= 6, r
+    assert 0 < r["low"] <= r["median"] <= r["high"], r
+    assert [list(s) for s in bench.SHAPES] == data["shapes"]

@@ -12,8 +12,11 @@ from __future__ import annotations
 import copy
 import inspect
 import io
+import itertools
+import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -158,14 +161,15 @@ def test_gradient_penalty_step_in_a_conv_net_matches_torch(seed, momentum, bias)
 
 
 def test_first_order_path_still_saves_one_activation():
-    # x_hat and inv_std are saved as outputs, so the memory of first-order training is the
-    # same as before: one activation-sized tensor and two per-channel vectors.
+    # The eager layer saves its input and three per-channel vectors (mean, inv_std, gamma),
+    # whether or not the backward will be differentiated again: a second derivative
+    # recomputes x_hat from x.
     from bncourse.memory import saved_tensors
 
     x = torch.randn(4, 3, 5, 5, requires_grad=True)
     saved = saved_tensors(lambda: bncourse.BatchNorm(3)(x))
     assert saved.activation_sized(x.numel()) == 1, saved.shapes
-    assert saved.nbytes == 4 * (x.numel() + 2 * 3), saved.shapes
+    assert saved.nbytes == 4 * (x.numel() + 3 * 3), saved.shapes
 
 
 # ---------------------------------------------------------------------------------------
@@ -727,3 +731,137 @@ def test_compiled_batch_norm_says_when_it_stops(counting_compile, monkeypatch):
     L.compiled_batch_norm(torch.randn(5, 3), w, b)
     with pytest.raises(FailOnRecompileLimitHit):
         L.compiled_batch_norm(torch.randn(5, 3, 2), w, b)
+
+
+# ---------------------------------------------------------------------------------------
+# Small things a drop-in must take: meta device, exception classes, eps = 0, NumPy
+# integers, memory layouts
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_meta_device_then_to_empty_and_reset_parameters_like_torch(training):
+    x = torch.randn(4, 3, 2, 2, dtype=F64)
+    layers = []
+    for cls in (bncourse.BatchNorm, nn.BatchNorm2d):
+        layer = cls(3, dtype=F64, device="meta").train(training)
+        meta_out = layer(torch.empty(4, 3, 2, 2, dtype=F64, device="meta"))
+        assert meta_out.device.type == "meta" and meta_out.shape == x.shape, cls
+        layer.to_empty(device="cpu")
+        layer.reset_parameters()
+        layers.append(layer)
+    ours, theirs = layers
+    for (name, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items(),
+                                 strict=True):
+        assert a.device.type == "cpu", name
+        _same(f"{name} after reset_parameters", a, b, 0.0)
+    _same("output after to_empty and reset_parameters", ours(x), theirs(x))
+    _same("running_var after a step", ours.running_var, theirs.running_var)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize(
+    ("case", "make_layer", "make_input"),
+    [
+        ("channel mismatch", lambda: nn.BatchNorm2d(3), lambda: torch.randn(2, 4, 3, 3)),
+        ("integer input", lambda: nn.BatchNorm1d(3), lambda: torch.ones(4, 3, dtype=torch.long)),
+        ("eps = 0", lambda: nn.BatchNorm2d(3, eps=0.0), lambda: torch.randn(2, 3, 3, 3)),
+    ],
+)
+def test_bad_input_raises_a_subclass_of_what_torch_raises(case, make_layer, make_input,
+                                                         training):
+    theirs = make_layer().train(training)
+    kwargs = {"eps": theirs.eps} if theirs.eps != 1e-5 else {}
+    ours = bncourse.BatchNorm(theirs.num_features, **kwargs).train(training)
+    x = make_input()
+    raised = []
+    for layer in (theirs, ours):
+        try:
+            layer(x)
+            raised.append(None)
+        except Exception as e:  # noqa: BLE001 - the class is what is compared
+            raised.append(e)
+    torch_error, our_error = raised
+    if torch_error is None:
+        # eps = 0 with running statistics in eval mode: torch normalizes, and so do we.
+        assert our_error is None, f"{case}: torch accepts it, ours raised {our_error!r}"
+        _same(f"{case}: output", ours(x), theirs(x), 1e-6)
+        return
+    assert our_error is not None, f"{case}: torch raises {torch_error!r}, ours does not"
+    assert isinstance(our_error, type(torch_error)), (
+        f"{case}: torch raises {type(torch_error).__name__}, ours "
+        f"{type(our_error).__mro__} is not a subclass of it: `except "
+        f"{type(torch_error).__name__}` written for torch would miss it"
+    )
+    assert isinstance(our_error, ValueError), our_error  # and the course's own class
+    assert str(our_error) != str(torch_error) and len(str(our_error)) > 40, our_error
+
+
+def test_eps_zero_in_eval_without_running_stats_raises_like_torch():
+    x = torch.randn(4, 3)
+    for cls in (nn.BatchNorm1d, bncourse.BatchNorm):
+        layer = cls(3, eps=0.0, track_running_stats=False).eval()
+        with pytest.raises(ValueError, match="eps"):
+            layer(x)
+
+
+def test_functional_eval_without_running_stats_raises_a_runtime_error_like_torch():
+    x = torch.randn(4, 3)
+    with pytest.raises(RuntimeError):
+        nn.functional.batch_norm(x, None, None, training=False)
+    with pytest.raises(RuntimeError, match="running_mean and running_var"):
+        L.batch_norm(x, None, None, training=False)
+
+
+@pytest.mark.parametrize("num_features", [np.int64(3), np.int32(3), torch.tensor(3).item()])
+def test_num_features_of_any_integer_type_like_torch(num_features):
+    ours, theirs = bncourse.BatchNorm(num_features), nn.BatchNorm1d(num_features)
+    assert ours.num_features == theirs.num_features == 3
+    assert ours.weight.shape == theirs.weight.shape == (3,)
+    x = torch.randn(5, 3)
+    _same("output", ours(x), theirs(x), 1e-6)
+    assert repr(ours).split("(", 1)[1] == repr(theirs).split("(", 1)[1]
+
+
+def test_num_features_that_is_not_an_integer_is_refused():
+    for bad in (3.0, "3", np.float64(3.0)):
+        with pytest.raises(ValueError, match="num_features"):
+            bncourse.BatchNorm(bad)
+
+
+def _every_layout(shape: tuple[int, ...]):
+    """x in every permutation of its axes' memory order, then a sliced and an expanded x."""
+    base = torch.randn(shape, dtype=F64, generator=torch.Generator().manual_seed(3))
+    n = len(shape)
+    for perm in itertools.permutations(range(n)):
+        inverse = [perm.index(i) for i in range(n)]
+        yield f"memory order {perm}", base.permute(perm).contiguous().permute(inverse)
+    wide = torch.randn(*shape[:-1], 2 * shape[-1], dtype=F64)
+    yield "sliced", wide[..., ::2]
+    yield "expanded", base[..., :1].expand(shape)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (2, 3, 4), (2, 3, 2, 3, 4)])
+def test_output_and_gradient_layout_follow_torchs_for_every_permutation(shape, training):
+    checked = 0
+    for name, x0 in _every_layout(shape):
+        ours, theirs = _pair(shape[1], len(shape))
+        results = []
+        for layer in (ours, theirs):
+            layer.train(training)
+            x = x0.detach().requires_grad_()
+            y = layer(x)
+            # An upstream gradient in the output's own layout, and a contiguous one.
+            for dy in (torch.ones_like(y), torch.ones(shape, dtype=F64)):
+                (dx,) = torch.autograd.grad(y, x, dy, retain_graph=True)
+                results.append((y, dx))
+        for k, ((ya, dxa), (yb, dxb)) in enumerate(zip(results[:2], results[2:], strict=True)):
+            where = f"{name} (strides {x0.stride()}), training={training}, upstream {k}"
+            assert ya.stride() == yb.stride(), f"{where}: output {ya.stride()} vs {yb.stride()}"
+            assert dxa.stride() == dxb.stride(), (
+                f"{where}: input gradient {dxa.stride()} vs torch's {dxb.stride()}")
+            _same(f"{where}: output", ya, yb)
+            _same(f"{where}: input gradient", dxa, dxb)
+        checked += 1
+    assert checked == math.factorial(len(shape)) + 2

@@ -198,10 +198,17 @@ def test_layer_saves_one_activation_sized_tensor_for_backward(shape):
     )
     c = shape[1]
     assert ours.activation_sized(numel) == 1, f"bncourse saved {ours.shapes}"
-    assert ours.nbytes == 4 * (numel + 2 * c), (
-        f"bncourse saved {ours.nbytes} bytes; expected x_hat plus two per-channel vectors, "
-        f"{4 * (numel + 2 * c)}"
+    assert ours.nbytes == 4 * (numel + 3 * c), (
+        f"bncourse saved {ours.nbytes} bytes; expected x plus three per-channel vectors "
+        f"(mean, inv_std, gamma), {4 * (numel + 3 * c)}"
     )
+    # The activation-sized tensor is the input itself, as in torch's layer.
+    layer = bncourse.BatchNorm(c)
+    packed = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or t, lambda t: t):
+        layer(x)
+    big = [t for t in packed if t.numel() == numel]
+    assert len(big) == 1 and big[0].data_ptr() == x.data_ptr(), [t.shape for t in packed]
     assert staged.activation_sized(numel) >= 2, f"the staged graph saved only {staged.shapes}"
 
 
@@ -211,3 +218,33 @@ def test_compact_forward_returns_biased_batch_statistics():
     _assert_same("mean", mean, x.mean(0))
     _assert_same("biased var", var, x.var(0, unbiased=False))
     _assert_same("x_hat", x_hat, (x - x.mean(0)) * inv_std)
+
+
+@pytest.mark.parametrize("gamma_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 2, 5)])
+def test_numpy_reference_gradients_keep_the_dtypes_like_torch(shape, gamma_dtype):
+    """float32 in, float32 gradients out, as torch's layer gives; dgamma and dbeta in gamma's
+    dtype (np.ones gives float64 gamma, which NumPy would otherwise spread to dx)."""
+    from bncourse import functional as F
+
+    rng = np.random.default_rng(0)
+    x = (1.0 + 2.0 * rng.standard_normal(shape)).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    gamma = (1.0 + 0.1 * rng.standard_normal(shape[1])).astype(gamma_dtype)
+    beta = np.zeros(shape[1], dtype=gamma_dtype)
+    theirs = torch.nn.BatchNorm1d(shape[1]) if len(shape) == 2 else torch.nn.BatchNorm2d(shape[1])
+    with torch.no_grad():
+        theirs.weight.copy_(torch.from_numpy(gamma.astype(np.float32)))
+    xt = torch.from_numpy(x).requires_grad_()
+    dx_t, dgamma_t, dbeta_t = torch.autograd.grad(theirs(xt), [xt, theirs.weight, theirs.bias],
+                                                  torch.from_numpy(dy))
+    y, cache = F.batch_norm_forward(x, gamma, beta)
+    for name, grads in (("closed form", F.batch_norm_backward(dy, cache)),
+                        ("staged", F.batch_norm_backward_staged(dy, x, gamma))):
+        dx, dgamma, dbeta = grads
+        assert y.dtype == dx.dtype == dx_t.numpy().dtype == np.float32, (name, dx.dtype)
+        assert dgamma.dtype == dbeta.dtype == np.dtype(gamma_dtype), (name, dgamma.dtype)
+        for what, a, b in (("dx", dx, dx_t), ("dgamma", dgamma, dgamma_t),
+                           ("dbeta", dbeta, dbeta_t)):
+            err = np.abs(a.astype(np.float64) - b.numpy().astype(np.float64)).max()
+            assert err <= 1e-4 * max(1.0, np.abs(b.numpy()).max()), (name, what, err)

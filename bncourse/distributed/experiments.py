@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..layer import BatchNorm
+from ..layer import BatchNorm, staged_batch_norm
 
 __all__ = ["small_batch_layer", "examples_seen", "batch_size_sweep", "accumulation_gap",
            "ghost_vs_sub_batches"]
@@ -85,7 +85,8 @@ def small_batch_layer(m: int, eps: float = 1e-5, seed: int = 0,
     r"""The first ``Linear -> BN`` of the sweep's network on a batch of ``m`` digits.
 
     The network of :func:`batch_size_sweep` at initialization (``seed``), the first ``m``
-    training digits, BN with ``eps`` in training mode, and a seeded upstream gradient ``dy``.
+    training digits, BN with ``eps`` in training mode (``eps = 0`` through
+    :func:`bncourse.layer.staged_batch_norm`), and a seeded upstream gradient ``dy``.
     Returns ``z`` (the pre-activations, ``(m, width)``), ``x_hat``, ``dy``, ``dz`` (the
     gradient to ``z`` through BN, by autograd) and ``dz_const`` (the gradient if the batch
     statistics were constants, $\gamma\,dy/\sqrt{\sigma_B^2+\epsilon}$), all float64.
@@ -99,7 +100,12 @@ def small_batch_layer(m: int, eps: float = 1e-5, seed: int = 0,
     with torch.no_grad():
         z = linear(data.x_train[:m])
     z = z.clone().requires_grad_(True)
-    y = bn(z)
+    if eps > 0:
+        y = bn(z)
+    else:
+        # The layer, like torch's, refuses eps = 0 with batch statistics; the staged formula
+        # (the same transform, autograd through each op) takes it.
+        y = staged_batch_norm(z, bn.weight, bn.bias, 0.0)
     g = torch.Generator().manual_seed(seed + 1)
     dy = torch.randn(y.shape, generator=g, dtype=y.dtype)
     (dz,) = torch.autograd.grad(y, z, dy)
