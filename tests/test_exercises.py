@@ -382,6 +382,105 @@ def test_an_answer_computed_in_float32_is_told_the_check_works_in_float64():
     assert "not one of the usual mistakes" not in result.message
 
 
+FUNCTION_IDS = [eid for eid in IDS if isinstance(EXERCISES[eid], FunctionExercise)]
+
+
+def _in_float32(reference):
+    """The reference computed in float32 on a float64 case, its outputs cast back to the
+    input's dtype: right to float32 precision only."""
+
+    def answer(*args):
+        dtypes = [a.dtype for a in args if isinstance(a, np.ndarray)]
+        small = tuple(a.astype(np.float32) if isinstance(a, np.ndarray) and a.dtype == np.float64
+                      else a for a in args)
+        out = reference(*small)
+        dtype = dtypes[0] if dtypes else np.float64
+        if isinstance(out, tuple):
+            return tuple(np.asarray(o).astype(dtype) for o in out)
+        return np.asarray(out).astype(dtype)
+
+    return answer
+
+
+@pytest.mark.parametrize("eid", FUNCTION_IDS)
+def test_every_function_exercise_refuses_float32_precision_on_float64_cases(eid):
+    exercise = EXERCISES[eid]
+    assert any(not any(isinstance(a, np.ndarray) and a.dtype == np.float32 for a in case.args)
+               for case in exercise.all_cases()), f"{eid} has no float64 case"
+    result = check(eid, _in_float32(exercise.reference))
+    assert result.status == FAILED, (eid, result.message)
+    assert "float32 round-off" in result.message and "float64" in result.message, result.message
+
+
+@pytest.mark.parametrize("eid", [eid for eid in IDS if EXERCISES[eid].kind == "number"])
+def test_a_wrong_number_close_to_the_value_is_shown_with_the_digits_that_differ(eid):
+    exercise = EXERCISES[eid]
+    value = exercise.value
+    for near in (value + 3 * max(exercise.rtol * abs(value), exercise.atol, exercise.roundoff),
+                 value - 3 * max(exercise.rtol * abs(value), exercise.atol, exercise.roundoff)):
+        result = exercise.check(near)
+        if result.mistake is not None:  # a catalogued near miss has its own message
+            continue
+        assert result.status == FAILED, (near, result.message)
+        shown = float(result.message.split(" is not the expected value")[0])
+        assert abs(shown - near) < abs(shown - value), (near, value, result.message)
+    far = 2 * value + 1
+    if exercise.check(far).mistake is None:
+        assert exercise.check(far).message.startswith(f"{far:.6g} is not the expected value")
+
+
+def test_the_digits_vectors_are_what_python_writes():
+    import json
+    from pathlib import Path
+
+    from bncourse.exercises.core import distinct_digits
+
+    vectors = json.loads((Path(__file__).parent / "data" / "number_digits.json").read_text())
+    assert len(vectors) >= 10
+    for v in vectors:
+        assert distinct_digits(v["x"], v["value"]) == v["shown"]
+        if v["x"] != v["value"]:  # the learner sees their number, not the value
+            assert abs(float(v["shown"]) - v["x"]) < abs(float(v["shown"]) - v["value"]), v
+    # written by hand: one past 6 digits, and 6 digits when they already differ
+    assert distinct_digits(1.0000004, 1.0) == "1.0000004"
+    assert distinct_digits(0.25, -1.25) == "0.25"
+
+
+def test_the_number_field_accepts_what_a_person_writes():
+    import json
+    from pathlib import Path
+
+    from bncourse.exercises.core import NumberTextError, page_answer, read_number
+
+    vectors = json.loads((Path(__file__).parent / "data" / "number_inputs.json").read_text())
+    assert {"1/4", "6,5", "\u22121.25", "1,000"} <= {v["input"] for v in vectors}
+    exercise = NumberExercise(id="t.field", chapter=1, title="t", value=-1.25)
+    for v in vectors:
+        assert set(v) == {"input", "value", "error"}, v
+        answer = page_answer(v["input"], "number")
+        result = exercise.check(answer)
+        if v["value"] is not None:
+            assert v["error"] is None
+            value = read_number(v["input"])
+            assert value == v["value"] and math.copysign(1, value) == math.copysign(1, v["value"])
+            assert answer == v["value"]
+            assert result.passed == (v["value"] == -1.25), (v, result)
+        else:
+            assert v["error"] in result.message, (v, result.message)
+            assert result.status == (NOT_ATTEMPTED if not v["input"].strip() else FAILED)
+            if v["input"].strip() and v["error"] != "expected a finite number":
+                with pytest.raises(NumberTextError, match=v["error"]):
+                    read_number(v["input"])
+    # the solution's own way of writing chapter 5's answer, and the learner's
+    assert exercise.check(page_answer("\u22125/4", "number")).passed
+    assert exercise.check(page_answer("-1,25", "number")).passed
+    message = exercise.check(page_answer("1,250", "number")).message
+    assert "1250" in message and "1.250" in message  # both readings
+    assert "'1/0'" in exercise.check("1/0").message  # names what it could not read
+    # a number written as Python text is still told to drop the quotes
+    assert "without quotes" in exercise.check("1/4").message
+
+
 def test_an_ndarray_gets_its_article():
     from bncourse.exercises.core import _a
 
@@ -871,7 +970,8 @@ def test_page_answer_reads_a_field_as_the_page_does():
 
     assert page_answer(" 1e-3 ", "number") == 1e-3
     assert page_answer("-.5", "number") == -0.5
-    for text in ("1/4", "0x10", "1_000", "inf", "nan", "abc", ""):
+    assert page_answer("1/4", "number") == 0.25 and page_answer("6,5", "number") == 6.5
+    for text in ("0x10", "1_000", "inf", "nan", "abc", "", "1,000", "1/0"):
         assert page_answer(text, "number") == text
     assert page_answer("(b)", "choice") == "(b)"
 

@@ -282,6 +282,8 @@ RULES: dict[str, CaseRule] = {rule.exercise_id: rule for rule in (
              _ALL_RANKS, seed=5),
     CaseRule("parameters.cumulative", ("x", "batch_size"), (2,), seed=6),
     CaseRule("invariance.jacobian", ("x", "gamma", "eps"), (1,), dtype_promised=True, seed=7),
+    CaseRule("porting.keras_update", ("running_mean", "running_var", "x", "momentum"),
+             _ALL_RANKS, seed=9),
     CaseRule("distributed.merge", ("count", "mean", "m2", "count", "mean", "m2"), (1,),
              seed=8),
     CaseRule("inference.eval_backward",

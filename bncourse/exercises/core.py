@@ -54,6 +54,9 @@ __all__ = [
     "Progress",
     "choice_letter",
     "page_answer",
+    "read_number",
+    "distinct_digits",
+    "NumberTextError",
     "page_data",
     "MESSAGES",
     "PASSED",
@@ -190,11 +193,16 @@ def _exception_text(e: BaseException) -> str:
 MESSAGES = {
     "passed": "Your answer matches the reference.",
     "number_stub": "no number given yet",
-    "not_a_number": "{text} is not a number; write a number such as 0.5, -2 or 1e-3",
+    "not_a_number": "{text} is not a number; write a number such as 0.5, -2, 1e-3 or 1/4",
+    "zero_denominator": "{text} divides by zero: the denominator of a fraction must not be 0",
+    "ambiguous_comma": (
+        "{text} is ambiguous: {thousands} (if the comma separates thousands) or {decimal} (if "
+        "it is a decimal comma); write it without the comma, or with a decimal point"
+    ),
     "quoted_number": "got the text {text}; write the number without quotes",
     "not_finite": "got {x}; expected a finite number",
     "roundoff": "{x3} is right: that is round-off; the exact value is 0.",
-    "wrong_number": "{x6} is not the expected value. {nudge}",
+    "wrong_number": "{x} is not the expected value. {nudge}",
     "choice_stub": "no option chosen yet",
     "not_an_option": "{text} is not an option; choose one of {valid}",
     "wrong_option": "option '{letter}' is not right. {nudge}",
@@ -828,20 +836,97 @@ class FunctionExercise(Exercise):
 # Number exercises
 # --------------------------------------------------------------------------------------
 
-#: A number as the web page reads it from its answer field (and ``page_answer`` here).
+#: A plain number, as written in the answer field (after the minus sign is normalised).
 NUMBER_TEXT = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
 _NUMBER_TEXT = re.compile(rf"^{NUMBER_TEXT}$")
+#: A number without its sign, for the two sides of a fraction.
+UNSIGNED_TEXT = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+#: A fraction ``a/b``: an optional sign, then two unsigned numbers around the slash.
+FRACTION_TEXT = rf"([+-]?)({UNSIGNED_TEXT})[ \t]*/[ \t]*({UNSIGNED_TEXT})"
+_FRACTION_TEXT = re.compile(rf"^{FRACTION_TEXT}$")
+#: The Unicode minus sign, read as ``-``.
+UNICODE_MINUS = "\u2212"
+
+
+class NumberTextError(ValueError):
+    """A text that is not a number the answer field accepts; ``key`` names the message in
+    :data:`MESSAGES` and ``fields`` fills it."""
+
+    def __init__(self, key: str, **fields: str) -> None:
+        self.key = key
+        self.fields = fields
+        super().__init__(MESSAGES[key].format(**fields))
+
+
+def read_number(text: str) -> float | None:
+    """The number a person wrote in an answer field; ``None`` for an empty field.
+
+    The rules (the web page's checker follows the same ones, and
+    ``tests/data/number_inputs.json`` holds test vectors for both):
+
+    1. Surrounding whitespace is ignored (Python's ``str.strip``); an empty field is no
+       answer yet (``None``).
+    2. The Unicode minus sign U+2212 counts as ``-``, wherever it is (a leading sign, an
+       exponent's sign).
+    3. A plain number (:data:`NUMBER_TEXT`): an optional sign, digits with an optional
+       decimal point, an optional exponent: ``0.25``, ``-.5``, ``5.``, ``+3``, ``1e-3``. No
+       spaces inside, no ``_``, no hexadecimal, no ``inf`` or ``nan``. A value too large for a
+       float (``1e400``) is read as infinity, which the checker refuses as not finite.
+    4. A fraction ``a/b`` (:data:`FRACTION_TEXT`): an optional sign before ``a``, then two
+       unsigned plain numbers, with any spaces or tabs around the slash: ``1/4``, ``-1 / 4``,
+       ``1.5/2``. Its value is ``a / b`` in floating point, the sign applied after.
+       A denominator of 0 is refused (message ``zero_denominator``). A sign after the slash
+       (``3/-4``), more than one slash, or a comma in a fraction is not understood.
+    5. A decimal comma, when unambiguous: a text with exactly one comma, no dot and no slash
+       is read with the comma as the decimal point (``6,5`` is 6.5, ``-1,25`` is -1.25,
+       ``6,5e-3`` is 0.0065) if that gives a plain number, except when the digits after the
+       comma (up to an exponent) are exactly three: ``1,000`` could be a thousands separator,
+       so it is refused as ambiguous, naming both readings (message ``ambiguous_comma``, with
+       ``thousands`` the text without the comma and ``decimal`` the text with a point).
+    6. Anything else is refused with the ``not_a_number`` message, which quotes the text (cut
+       at 40 characters, as ``_quoted`` writes it).
+
+    Raises :class:`NumberTextError` for a refused text.
+    """
+    t = text.strip()
+    if not t:
+        return None
+    t = t.replace(UNICODE_MINUS, "-")
+    if _NUMBER_TEXT.match(t):
+        return float(t)
+    fraction = _FRACTION_TEXT.match(t)
+    if fraction:
+        sign, a, b = fraction.groups()
+        if float(b) == 0.0:
+            raise NumberTextError("zero_denominator", text=_quoted(text))
+        value = float(a) / float(b)
+        return -value if sign == "-" else value
+    if t.count(",") == 1 and "." not in t and "/" not in t:
+        point = t.replace(",", ".")
+        if _NUMBER_TEXT.match(point):
+            after = re.split("[eE]", t.split(",")[1])[0]
+            if re.fullmatch("[0-9]{3}", after):
+                raise NumberTextError("ambiguous_comma", text=_quoted(text),
+                                      thousands=t.replace(",", ""), decimal=point)
+            return float(point)
+    raise NumberTextError("not_a_number", text=_quoted(text))
 
 
 def page_answer(text: str, kind: str) -> Any:
     """What the web page's answer field ``text`` stands for as a Python answer.
 
-    A number exercise's field holding a number (``"0.25"``, ``"-1e-3"``, ``" 4 "``) is that
-    float; anything else stays the text. A choice exercise's answer is the text. The page's
-    checker gives, for ``text``, the verdict and message that ``check`` gives for this value.
+    A number exercise's field that :func:`read_number` reads (``"0.25"``, ``"-1e-3"``,
+    ``" 4 "``, ``"1/4"``, ``"6,5"``, ``"−1.25"``) is that float; anything else stays the
+    text, on which ``check`` gives the message the page gives. A choice exercise's answer is
+    the text. The page's checker gives, for ``text``, the verdict and message that ``check``
+    gives for this value.
     """
-    if kind == "number" and _NUMBER_TEXT.match(text.strip()):
-        return float(text.strip())
+    if kind == "number":
+        try:
+            value = read_number(text)
+        except NumberTextError:
+            return text
+        return text if value is None else value
     return text
 
 
@@ -866,12 +951,28 @@ def _as_real(answer: Any) -> float:
             f"got a tensor of shape {tuple(answer.shape)}; expected a single real number"
         )
     if isinstance(answer, str):
-        if _NUMBER_TEXT.match(answer.strip()):
-            raise _ReaderError(MESSAGES["quoted_number"].format(text=_quoted(answer)))
-        raise _ReaderError(MESSAGES["not_a_number"].format(text=_quoted(answer)))
+        try:
+            read_number(answer)
+        except NumberTextError as e:
+            raise _ReaderError(str(e)) from None
+        raise _ReaderError(MESSAGES["quoted_number"].format(text=_quoted(answer)))
     if isinstance(answer, numbers.Complex):
         raise _ReaderError("got a complex number; expected a real number")
     raise _ReaderError(f"got {_a(type(answer).__name__)}; expected a number")
+
+
+def distinct_digits(x: float, value: float) -> str:
+    """``x`` written with enough significant digits to differ from ``value`` written alike.
+
+    Six digits (``%.6g``) when they already differ, else the fewest from 7 to 17 that do, so
+    that a wrong answer close to the value is never shown as the value itself. The page's
+    checker writes a wrong number the same way (``tests/data/number_digits.json``).
+    """
+    for digits in range(6, 18):
+        shown = f"{x:.{digits}g}"
+        if shown != f"{value:.{digits}g}":
+            return shown
+    return f"{x:.17g}"
 
 
 @dataclass
@@ -924,7 +1025,8 @@ class NumberExercise(Exercise):
         for mistake in self.mistakes:
             if self._matches(x, float(mistake.answer), mistake.rtol, mistake.atol):
                 return mistake
-        return MESSAGES["wrong_number"].format(x6=f"{x:.6g}", nudge=self._nudge())
+        return MESSAGES["wrong_number"].format(x=distinct_digits(x, self.value),
+                                               nudge=self._nudge())
 
     def page_data(self) -> dict[str, Any]:
         return {**super().page_data(), "value": self.value, "rtol": self.rtol,
@@ -1075,13 +1177,16 @@ def progress_of(exercises: Sequence[Exercise]) -> Progress:
 def page_data(exercises: Sequence[Exercise]) -> dict[str, Any]:
     """Everything the web page's checker needs, for ``exercises``: one JSON document.
 
-    The page reads a number with ``number_text`` and a choice with ``choice_text`` (the
-    regular expressions the Python checker uses), fills ``messages`` as :meth:`check` does,
+    The page reads a number as :func:`read_number` does (with ``number_text`` and
+    ``fraction_text``, the regular expressions the Python checker uses) and a choice with
+    ``choice_text``, writes a wrong number as :func:`distinct_digits` does, fills
+    ``messages`` as :meth:`check` does,
     and judges with each exercise's values, tolerances and catalogue.
     """
     return {
         "format": 1,
         "number_text": NUMBER_TEXT,
+        "fraction_text": FRACTION_TEXT,
         "choice_text": CHOICE_TEXT,
         "quoted_max": 40,
         "messages": dict(MESSAGES),
