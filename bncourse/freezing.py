@@ -8,8 +8,10 @@ counter ``num_batches_tracked``). The two are stopped by different switches:
 statistics. :func:`freeze_batch_norm` flips both, and keeps the layer in eval mode when the
 surrounding model is put back into ``train()`` (what Keras' ``trainable=False`` does).
 :func:`reestimate_running_stats` recomputes the running statistics from data.
-:func:`keras_update_moving_stats` is Keras' form of the running-statistics update, for
-comparing the two libraries' conventions.
+:func:`keras_update_moving_stats` writes out Keras' form of the running-statistics update,
+which chapter 3 sets beside PyTorch's; what it says of Keras 3 is checked against the real
+layer in ``tests/test_keras_facts.py``, and :mod:`bncourse.ports` runs the real Keras 3 and
+Flax layers themselves.
 """
 
 from __future__ import annotations
@@ -266,7 +268,12 @@ def keras_update_moving_stats(
     *,
     stored_variance: str = "biased",
 ) -> tuple[np.ndarray, np.ndarray]:
-    r"""One update of Keras' moving statistics (``BatchNormalization`` in training mode).
+    r"""One update of Keras' moving statistics (``BatchNormalization``, training mode), written out.
+
+    A statement about a library, not the library: its ``"biased"`` form is checked against
+    Keras 3's own layer (``tests/test_keras_facts.py``, on the torch backend); its
+    ``"unbiased"`` form, tf.keras 2's fused path, needs TensorFlow and rests on the cited
+    source. To run Keras itself, use :func:`bncourse.ports.to_keras`.
 
     $\hat\mu \leftarrow \rho\,\hat\mu + (1 - \rho)\,\mu_B$ and
     $\hat\sigma^2 \leftarrow \rho\,\hat\sigma^2 + (1 - \rho)\,v_B$, with ``momentum``

@@ -1,30 +1,31 @@
-"""Chapter 3's statements about Keras 3, checked against the real library.
+"""The course's statements about Keras 3, checked against the real library.
 
-Keras 3 installs from the package index and runs on the torch backend, without TensorFlow, so
-these tests run its own ``BatchNormalization``: the momentum that weights the old value
+Keras 3 installs from the package index and runs on the torch backend (``bncourse.ports``
+selects it), without TensorFlow, so these tests run its own ``BatchNormalization``, against
+the update rule written out in each test: the momentum that weights the old value
 (default 0.99), the default epsilon 1e-3, the **biased** batch variance in
 ``moving_variance``, and ``trainable=False`` running the layer in inference mode even when it
 is called with ``training=True`` (on this backend it takes effect in the next ``fit()`` without
 a new ``compile()``, which Keras' guide asks for because a traced train step may keep the old
 setting). tf.keras 2 (Keras 2) needs TensorFlow and is not installed:
-the chapter and :func:`bncourse.freezing.keras_update_moving_stats` cite its source for what
-it stores.
+chapters 3 and 7 cite its source for what it stores. Chapter 3 computes Keras' update with
+:func:`bncourse.freezing.keras_update_moving_stats`; its Keras 3 form is checked here against
+the real layer, and its tf.keras 2 form (``stored_variance="unbiased"``) is shown *not* to be
+what Keras 3 stores.
 """
 
 from __future__ import annotations
 
-import os
+import numpy as np
+import pytest
 
-# The backend is chosen when keras is first imported; these tests need no TensorFlow.
-os.environ["KERAS_BACKEND"] = "torch"
+from bncourse.exercises import check
+from bncourse.exercises.parameters import KERAS_MOMENTUM
+from bncourse.freezing import keras_update_moving_stats
+from bncourse.ports import keras as _keras
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from bncourse.exercises import check  # noqa: E402
-from bncourse.exercises.parameters import KERAS_MOMENTUM  # noqa: E402
-from bncourse.freezing import keras_update_moving_stats  # noqa: E402
+# The backend is chosen when keras is first imported: bncourse.ports selects torch.
+keras = _keras()
 
 # Keras keeps its variables in float32: agreement to this relative tolerance is agreement.
 RTOL = 1e-5
@@ -42,6 +43,14 @@ def _np(value) -> np.ndarray:
 def _channels_first(x: np.ndarray) -> np.ndarray:
     """Keras' channels-last batch as bncourse's (N, C, ...) layout."""
     return np.moveaxis(x, -1, 1)
+
+
+def _written_update(moving_mean, moving_var, x, momentum, ddof=0):
+    """The update rule, written out: ``momentum`` weights the old value, channels on axis 1."""
+    axes = (0, *range(2, x.ndim))
+    x = np.asarray(x, dtype=np.float64)
+    return (momentum * moving_mean + (1 - momentum) * x.mean(axis=axes),
+            momentum * moving_var + (1 - momentum) * x.var(axis=axes, ddof=ddof))
 
 
 def _batch(shape: tuple[int, ...], seed: int) -> np.ndarray:
@@ -81,8 +90,7 @@ def test_keras3_stores_the_biased_batch_variance_with_momentum_on_the_old_value(
     got_mean, got_var = _np(layer.moving_mean), _np(layer.moving_variance)
 
     start_mean, start_var = np.zeros(channels), np.ones(channels)
-    want_mean, want_var = keras_update_moving_stats(start_mean, start_var, _channels_first(x),
-                                                    momentum=momentum)
+    want_mean, want_var = _written_update(start_mean, start_var, _channels_first(x), momentum)
     np.testing.assert_allclose(got_mean, want_mean, rtol=RTOL,
                                err_msg="Keras 3's moving mean and momentum * old + (1 - "
                                        "momentum) * batch mean")
@@ -91,10 +99,28 @@ def test_keras3_stores_the_biased_batch_variance_with_momentum_on_the_old_value(
                                        "biased batch variance")
     # The unbiased variance (PyTorch's, and tf.keras 2's fused path) is told apart: its
     # update differs from Keras 3's by far more than the tolerance.
-    _, unbiased = keras_update_moving_stats(start_mean, start_var, _channels_first(x),
-                                            momentum=momentum, stored_variance="unbiased")
+    _, unbiased = _written_update(start_mean, start_var, _channels_first(x), momentum, ddof=1)
     gap = np.min(np.abs(unbiased - got_var) / got_var)
     assert gap > 100 * RTOL, f"biased and unbiased updates differ by only {gap:.2g}"
+
+
+@pytest.mark.parametrize(("shape", "momentum"), [
+    ((8, 4), 0.99), ((2, 3, 3, 5), 0.9), ((2, 2, 3, 3, 4), 0.1), ((5, 1), 0.5)])
+def test_chapter3s_keras_update_is_what_keras3_stores_and_its_tf_keras2_form_is_not(shape,
+                                                                                   momentum):
+    # freezing.keras_update_moving_stats, which chapter 3 calls, against the real layer.
+    x = _batch(shape, seed=sum(shape))
+    layer = keras.layers.BatchNormalization(momentum=momentum)
+    layer(x, training=True)
+    channels = shape[-1]
+    start = (np.zeros(channels), np.ones(channels))
+    mean, var = keras_update_moving_stats(*start, _channels_first(x), momentum=momentum)
+    np.testing.assert_allclose(_np(layer.moving_mean), mean, rtol=RTOL, atol=RTOL)
+    np.testing.assert_allclose(_np(layer.moving_variance), var, rtol=RTOL)
+    _, fused = keras_update_moving_stats(*start, _channels_first(x), momentum=momentum,
+                                         stored_variance="unbiased")
+    assert np.min(np.abs(fused - _np(layer.moving_variance))) > 100 * RTOL * np.max(var), (
+        "the unbiased (tf.keras 2 fused) form must differ from what Keras 3 stores")
 
 
 def test_keras3_normalizes_with_the_biased_variance_and_epsilon_in_training_mode():
@@ -176,5 +202,25 @@ def test_the_chapters_misport_example_is_what_keras3_does():
     layer = keras.layers.BatchNormalization(momentum=0.1)
     batch = np.array([[9.0], [11.0]], dtype=np.float32)
     layer(batch, training=True)
-    want, _ = keras_update_moving_stats(np.zeros(1), np.ones(1), batch, momentum=0.1)
+    want, _ = _written_update(np.zeros(1), np.ones(1), batch, 0.1)
     assert float(_np(layer.moving_mean)[0]) == pytest.approx(want[0], rel=RTOL) == 9.0
+
+
+def test_keras3_on_torch_takes_the_one_pass_variance_without_clamping_it():
+    # keras.src.backend.torch.nn.moments: variance = mean(x^2) - mean(x)^2, in the input's
+    # float32, and nothing keeps it from going negative.
+    import torch
+
+    x = 1e4 + np.random.default_rng(0).normal(size=(256, 8)).astype(np.float32)
+    layer = keras.layers.BatchNormalization(momentum=0.0)
+    y = _np(layer(x, training=True))
+    got = _np(layer.moving_variance)
+    xt = torch.from_numpy(x)
+    one_pass = (torch.mean(xt * xt, dim=0) - torch.mean(xt, dim=0) ** 2).numpy()
+    np.testing.assert_array_equal(got, one_pass.astype(np.float64),
+                                  err_msg="Keras 3's variance and E[x^2] - E[x]^2 in float32")
+    true_var = x.astype(np.float64).var(axis=0)
+    assert np.all(np.abs(got - true_var) > 0.5), f"stored {got}, true {true_var}"
+    assert np.all(got % 8 == 0), "multiples of the float32 spacing near 1e8"
+    assert np.any(got < 0), f"no negative variance this time: {got}"
+    assert np.all(np.isnan(y[:, got < 0])), "a negative variance below -eps gives NaN outputs"
