@@ -82,8 +82,10 @@ nbval: $(STAMP)
 		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
 
 # Serves _build/html on 127.0.0.1 and drives the system's Chromium (CHROMIUM=/usr/bin/chromium);
-# full-page screenshots of the book's pages go to _build/screenshots.
-browser: $(STAMP)
+# full-page screenshots of the book's pages go to _build/screenshots, with the accessibility
+# audit (axe-core, a development dependency in package.json that the tests inject and the site
+# never ships) and the list of external links.
+browser: $(STAMP) $(MATHJAX)
 	$(PY) -m pytest tests/browser -p no:cacheprovider
 
 # The kit runs from _build/student as it is; its zip is also copied into the built site.

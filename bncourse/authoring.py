@@ -587,7 +587,9 @@ mistake when it is a common one) or *Not attempted*. The kit holds:
 - `data/`, the tables the chapters read;
 - `{wheel}`, the course's Python package `bncourse` (the checks, the reference
   formulas, the plots);
-- `requirements.txt`, everything the notebooks import, the package above included.
+- `requirements.txt`, everything the notebooks import, the package above included;
+- `GLOSSARY.md`, the definitions of the terms that mean different things in different
+  frameworks and papers (batch and running statistics, momentum, eps, folding, ...).
 
 ## Three commands
 
@@ -613,6 +615,54 @@ only the CPU: install that build instead with
 
 The worked solutions, the figures and the rest of the course are in the book.
 """
+
+
+GLOSSARY_SOURCE = Path("book") / "glossary.md"
+_GLOSSARY_FENCE = re.compile(r"^```\{glossary\}[^\n]*\n(.*?)^```\s*$", re.MULTILINE | re.DOTALL)
+
+
+def glossary_entries(text: str) -> list[tuple[str, str]]:
+    """The ``(term, definition)`` pairs of the glossary directive in ``text`` (book markup:
+    a term on its own line, its definition indented below it)."""
+    fence = _GLOSSARY_FENCE.search(text)
+    if fence is None:
+        raise ValueError("the glossary page has no ```{glossary} block")
+    entries: list[tuple[str, list[str]]] = []
+    for line in fence.group(1).splitlines():
+        if not line.strip():
+            continue
+        if not line[0].isspace():
+            entries.append((line.strip(), []))
+        elif entries:
+            entries[-1][1].append(line.strip())
+        else:
+            raise ValueError(f"the glossary's definition {line.strip()!r} has no term")
+    empty = [term for term, lines in entries if not lines]
+    if empty:
+        raise ValueError(f"glossary terms without a definition: {empty}")
+    return [(term, " ".join(lines)) for term, lines in entries]
+
+
+def glossary_markdown(root: Path = ROOT, numbers: dict[str, str] | None = None,
+                      bibliography: dict[str, Any] | None = None) -> str:
+    """The book's glossary as plain Markdown for the student kit (``GLOSSARY.md``): the
+    notebooks show the book's ``{term}`` links as plain words, defined here."""
+    text = (root / GLOSSARY_SOURCE).read_text(encoding="utf-8")
+    numbers = reader_numbers(root) if numbers is None else numbers
+    bibliography = _bibliography(root) if bibliography is None else bibliography
+    cited: list[str] = []
+    lines = ["# Glossary", "",
+             "The words of batch normalization that mean different things in different "
+             "frameworks and papers, as the course uses them.", ""]
+    for term, definition in glossary_entries(text):
+        plain = plain_markdown(definition, numbers, bibliography=bibliography,
+                               where=str(GLOSSARY_SOURCE), cited=cited)
+        lines += [f"**{term}**: {plain.strip()}", ""]
+    if cited:
+        lines += ["## References", ""]
+        lines += [f"- {reference_entry(bibliography[key])}" for key in cited]
+        lines.append("")
+    return "\n".join(lines)
 
 
 def _kit_requirements(root: Path, wheel: str) -> str:
@@ -690,6 +740,10 @@ def write_student_kit(out_dir: Path, root: Path = ROOT, zip_path: Path | None = 
         (out_dir / "README.md").write_text(KIT_README.format(wheel=built.name),
                                            encoding="utf-8")
         files += [built, out_dir / "requirements.txt", out_dir / "README.md"]
+    if (root / GLOSSARY_SOURCE).is_file():
+        (out_dir / "GLOSSARY.md").write_text(glossary_markdown(root, numbers, bibliography),
+                                             encoding="utf-8")
+        files.append(out_dir / "GLOSSARY.md")
     zip_path = zip_path or out_dir / STUDENT_ZIP
     zip_path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as archive:

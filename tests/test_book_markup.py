@@ -113,3 +113,56 @@ def test_no_directive_in_the_book_is_closed_early():
     problems = [f"{where}: {report}" for where, text in sources
                 for report in early_closed_directives(text)]
     assert not problems, "directives closed early:\n" + "\n".join(problems)
+
+
+# ---------------------------------------------------------------- glossary terms
+
+_TERM_ROLE = re.compile(r"\{term\}`(?:[^`<]*<)?([^`<>]+)>?`")
+
+
+def test_every_term_role_names_a_glossary_entry():
+    from bncourse.authoring import glossary_entries
+
+    defined = {term.lower() for term, _ in glossary_entries(
+        (BOOK / "glossary.md").read_text(encoding="utf-8"))}
+    used = {}
+    for where, markdown in _book_markdown():
+        for target in _TERM_ROLE.findall(markdown):
+            used.setdefault(target.strip().lower(), where)
+    unknown = {t: w for t, w in used.items() if t not in defined}
+    assert used, "no {term} role in the book"
+    assert not unknown, f"{{term}} roles with no glossary entry: {unknown}"
+    unused = sorted(defined - set(used))
+    assert not unused, f"glossary terms that no chapter links: {unused}"
+
+
+def test_the_student_kit_writes_terms_as_words_and_the_glossary_as_a_file():
+    from bncourse.authoring import glossary_entries, glossary_markdown, plain_markdown
+
+    text = plain_markdown("the {term}`ghost batches <ghost batch>` and {term}`momentum`", {})
+    assert text.strip() == "the ghost batches and momentum"
+    written = glossary_markdown()
+    for term, _ in glossary_entries((BOOK / "glossary.md").read_text(encoding="utf-8")):
+        assert f"**{term}**: " in written
+    assert "{cite" not in written and "{term" not in written, "book markup left in GLOSSARY.md"
+
+
+def test_a_glossary_term_without_a_definition_is_refused():
+    from bncourse.authoring import glossary_entries
+
+    with pytest.raises(ValueError, match="without a definition"):
+        glossary_entries("```{glossary}\nmomentum\n\neps\n  the constant\n```\n")
+
+
+def test_the_student_kit_holds_the_glossary(tmp_path):
+    import zipfile
+
+    from bncourse.authoring import KIT_DIR, STUDENT_ZIP, write_student_kit
+
+    write_student_kit(tmp_path, wheel=False)
+    with zipfile.ZipFile(tmp_path / STUDENT_ZIP) as archive:
+        glossary = archive.read(f"{KIT_DIR}/GLOSSARY.md").decode("utf-8")
+    assert "**momentum**: " in glossary
+    for notebook in tmp_path.glob("*.ipynb"):
+        text = notebook.read_text(encoding="utf-8")
+        assert "{term}" not in text, f"{notebook.name} shows a raw {{term}} role"

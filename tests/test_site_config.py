@@ -4,6 +4,7 @@ the first cell that installs ``bncourse`` in Colab."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -240,3 +241,16 @@ def test_every_chapter_starts_with_the_install_cell_for_the_configured_repositor
         f"{path.name} does not start with the cell that installs bncourse in Colab: run "
         "`python -m bncourse.authoring colab-cell` (again after changing repository.url)"
     )
+
+
+def test_axe_core_is_a_pinned_development_dependency_only():
+    """The accessibility audit's axe-core comes from the npm registry for the browser tests;
+    it is a development dependency (never among what the site serves) at an exact version."""
+    package = json.loads((ROOT / "package.json").read_text(encoding="utf-8"))
+    lock = json.loads((ROOT / "package-lock.json").read_text(encoding="utf-8"))
+    assert "axe-core" in package.get("devDependencies", {})
+    assert "axe-core" not in package.get("dependencies", {})
+    version = package["devDependencies"]["axe-core"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version), f"axe-core is not pinned: {version!r}"
+    entry = lock["packages"]["node_modules/axe-core"]
+    assert entry["version"] == version and entry.get("dev") is True

@@ -17,7 +17,12 @@
   phone navigation drawers, wide equations that scroll with a visible cue, figures in dark
   mode, solution links that open the solution, search results without TeX.
 * Every page is trimmed after the build: one viewport meta tag, no Font Awesome script (the
-  theme's stylesheet already draws the icons with the Font Awesome web font).
+  theme's stylesheet already draws the icons with the Font Awesome web font), a search button
+  named by its visible text, bibliography entries that are the items of their list.
+* A glossary term linked from a page (``{term}``) shows its definition on hover and on
+  keyboard focus: the definitions are taken from the built glossary page into
+  ``_static/course-glossary.js``, which the pages with term links load.
+* Formulas are not tab stops (MathJax's ``inTabOrder`` setting is off).
 * No generated index pages (an empty general index, a raw-label proof index).
 * The bibliography is labelled author-year, like the citations in the text, and an arXiv
   identifier in a ``note`` links to its abstract page (pybtex style ``course``).
@@ -49,6 +54,11 @@ REPOSITORY_BUTTONS = ("use_repository_button", "use_edit_page_button", "use_issu
 LAUNCH_KEYS = ("binderhub_url", "jupyterhub_url", "colab_url", "deepnote_url", "thebe")
 STATIC = Path(__file__).resolve().parent.parent / "_static"
 NUMBERS_FILE = "course-numbers.json"
+GLOSSARY_FILE = "course-glossary.js"
+# A glossary entry as Sphinx writes it: <dt id="term-..."> the term </dt><dd> the definition.
+_GLOSSARY_ENTRY = re.compile(r'<dt id="(term-[^"]+)">(.*?)</dt>\s*<dd>(.*?)</dd>', re.DOTALL)
+_HEADERLINK = re.compile(r'<a class="headerlink"[^>]*>.*?</a>', re.DOTALL)
+_TAG = re.compile(r"<[^>]+>")
 _VIEWPORT = re.compile(r"\s*<meta\s+name=\"viewport\"[^>]*>")
 # Sphinx's search tools and the whole search index, which the theme loads on every page for
 # a search-as-you-type box this site does not use (its search is the search page).
@@ -58,6 +68,17 @@ _SEARCH_TOOLS = re.compile(
 # sphinx-design's styles and tab script, on pages that use none of its components.
 _DESIGN = re.compile(r"\s*<(?:link\b[^>]*sphinx-design\.min\.css[^>]*>|"
                      r"script\b[^>]*design-tabs\.js[^>]*></script>)")
+# The theme's search button is named "Search" but shows "Search Ctrl+K": a name that differs
+# from the visible label confuses speech input. Without aria-label its name is its text.
+_SEARCH_LABEL = re.compile(
+    r'(<button class="btn search-button-field[^"]*"[^>]*?) aria-label="Search"')
+# sphinxcontrib-bibtex marks the bibliography as a list whose entries carry the deprecated
+# role doc-biblioentry, so the list has no list items; they are list items.
+_BIBLIOENTRY = re.compile(r'(<div class="citation"[^>]*?) role="doc-biblioentry"')
+# The primary sidebar holds the book's title outside any landmark; as a named region it is one.
+_SIDEBAR = '<div id="pst-primary-sidebar" class="bd-sidebar-primary bd-sidebar">'
+_SIDEBAR_REGION = ('<div id="pst-primary-sidebar" class="bd-sidebar-primary bd-sidebar" '
+                   'role="region" aria-label="Book contents">')
 _FONTAWESOME = re.compile(r"\s*<script\b[^>]*src=\"[^\"]*fontawesome\.js[^\"]*\"[^>]*></script>")
 
 
@@ -174,6 +195,19 @@ def _page_assets(app: Sphinx, pagename: str, templatename: str, context: dict, d
     context["css_files"][:] = [css for css in context.get("css_files", []) if not _is_thebe(css)]
 
 
+def _mathjax_options(app: Sphinx, config: Config) -> None:
+    """Formulas are not tab stops: MathJax would put each one in the tab order (hundreds per
+    chapter, ahead of the exercises). Its explorer stays reachable from its context menu."""
+    settings = {"inTabOrder": False}
+    base = dict(config.mathjax3_config or {})
+    options = dict(base.get("options") or {})
+    menu = dict(options.get("menuOptions") or {})
+    menu["settings"] = {**dict(menu.get("settings") or {}), **settings}
+    options["menuOptions"] = menu
+    base["options"] = options
+    config.mathjax3_config = base
+
+
 def _check_mathjax(app: Sphinx, config: Config) -> None:
     expected = f"mathjax/{MATHJAX_ENTRY}"
     if config.mathjax_path != expected:
@@ -213,6 +247,31 @@ def _copy_mathjax(app: Sphinx) -> None:
         shutil.copytree(source / part, target / part, dirs_exist_ok=True)
 
 
+def glossary_definitions(html: str) -> dict[str, dict[str, str]]:
+    """The glossary page's entries, by anchor: ``{"term-eps": {"term": "eps", "html": ...}}``
+    (the definition's HTML as the glossary page shows it, its maths still TeX for MathJax)."""
+    entries = {}
+    for anchor, term, definition in _GLOSSARY_ENTRY.findall(html):
+        term = _TAG.sub("", _HEADERLINK.sub("", term)).strip()
+        entries[anchor] = {"term": term, "html": definition.strip()}
+    return entries
+
+
+def _write_glossary(outdir: Path) -> bool:
+    """``_static/course-glossary.js``: the definitions that the chapters' term links show on
+    hover and focus (a script, not JSON, so that it loads from ``file://`` too)."""
+    pages = [p for p in outdir.rglob("glossary.html") if "_static" not in p.parts]
+    entries: dict[str, dict[str, str]] = {}
+    for page in pages:
+        entries.update(glossary_definitions(page.read_text(encoding="utf-8")))
+    if not entries:
+        return False
+    target = outdir / "_static" / GLOSSARY_FILE
+    target.write_text("window.courseGlossary = " + json.dumps(entries, indent=1, sort_keys=True)
+                      + ";\n", encoding="utf-8")
+    return True
+
+
 def _trim_pages(app: Sphinx, exception: Exception | None) -> None:
     """Drop from every page what the site does not use, and duplicate viewport tags.
 
@@ -223,9 +282,18 @@ def _trim_pages(app: Sphinx, exception: Exception | None) -> None:
     if exception is not None or app.builder.format != "html":
         return
     outdir = Path(app.outdir)
+    glossary = _write_glossary(outdir)
     for page in outdir.rglob("*.html"):
         html = page.read_text(encoding="utf-8")
         trimmed = _FONTAWESOME.sub("", html)
+        if glossary and "std-term" in html and GLOSSARY_FILE not in html:
+            # Pages that link a glossary term load the definitions (after course.js).
+            depth = len(page.relative_to(outdir).parts) - 1
+            tag = f'<script defer src="{"../" * depth}_static/{GLOSSARY_FILE}"></script>\n'
+            trimmed = trimmed.replace("</head>", tag + "</head>", 1)
+        trimmed = _SEARCH_LABEL.sub(r"\1", trimmed)
+        trimmed = _BIBLIOENTRY.sub(r'\1 role="listitem"', trimmed)
+        trimmed = trimmed.replace(_SIDEBAR, _SIDEBAR_REGION, 1)
         if page.relative_to(outdir).as_posix() != "search.html":
             trimmed = _SEARCH_TOOLS.sub("", trimmed)
         body = trimmed.split("<body", 1)[-1]
@@ -293,6 +361,7 @@ def setup(app: Sphinx) -> dict[str, object]:
     app.connect("config-inited", _repository_links)
     app.connect("config-inited", _theme_defaults)
     app.connect("config-inited", _check_mathjax)
+    app.connect("config-inited", _mathjax_options)
     app.connect("config-inited", _execution_mode)
     app.connect("html-page-context", _page_assets, priority=900)
     app.connect("html-page-context", _last_updated)

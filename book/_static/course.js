@@ -68,6 +68,24 @@
       }
     });
   };
+  /* A table wider than the column scrolls sideways (course.css): it becomes a tab stop, so
+   * that a keyboard can scroll it, named for a screen reader, with the same shadow cue. */
+  const fitTables = () => {
+    document.querySelectorAll(".bd-article table").forEach((table) => {
+      const wide = table.scrollWidth > table.clientWidth + 1;
+      table.classList.toggle("course-overflows", wide);
+      if (wide) {
+        table.setAttribute("tabindex", "0");
+        table.setAttribute("role", "region");
+        const caption = table.querySelector("caption");
+        table.setAttribute("aria-label",
+          `${caption ? caption.textContent.trim() : "Table"} (scrolls sideways)`);
+        markScroll(table);
+      } else if (table.getAttribute("role") === "region") {
+        ["tabindex", "role", "aria-label"].forEach((name) => table.removeAttribute(name));
+      }
+    });
+  };
   const markScroll = (box) => {
     box.classList.toggle("course-more-left", box.scrollLeft > 1);
     box.classList.toggle(
@@ -79,11 +97,12 @@
       if (box && box.classList && box.classList.contains("course-overflows")) markScroll(box);
     }, true);
     const ready = window.MathJax && MathJax.startup && MathJax.startup.promise;
-    if (ready) ready.then(fitEquations);
+    if (ready) ready.then(fitEquations).then(fitTables);
+    fitTables();
     let pending = null;
     window.addEventListener("resize", () => {
       clearTimeout(pending);
-      pending = setTimeout(fitEquations, 150);
+      pending = setTimeout(() => { fitEquations(); fitTables(); }, 150);
     });
   };
 
@@ -139,8 +158,124 @@
     clean();
   };
 
+  /* Printing (the download menu's ".pdf" entry prints the page) in dark mode would put light
+   * text on white paper and dark figures on it: the page switches to the light palette for
+   * the print and back afterwards. */
+  const printInLight = () => {
+    let before = null;
+    window.addEventListener("beforeprint", () => {
+      before = document.documentElement.dataset.theme || null;
+      if (before === "dark") document.documentElement.dataset.theme = "light";
+    });
+    window.addEventListener("afterprint", () => {
+      if (before === "dark") document.documentElement.dataset.theme = "dark";
+      before = null;
+    });
+  };
+
+  /* The phone drawers (the theme's <dialog>s): a name for each, a close button at the top,
+   * and a section link of the contents drawer closes it once the page has moved there. */
+  const drawers = () => {
+    const names = {
+      "pst-primary-sidebar-modal": "Book contents",
+      "pst-secondary-sidebar-modal": "Contents of this page",
+    };
+    Object.entries(names).forEach(([id, name]) => {
+      const dialog = document.getElementById(id);
+      if (!dialog) return;
+      dialog.setAttribute("aria-label", name);
+      if (!dialog.querySelector(".course-drawer-close")) {
+        const close = document.createElement("button");
+        close.type = "button";
+        close.className = "course-drawer-close";
+        close.textContent = "Close";
+        close.setAttribute("aria-label", `Close ${name.toLowerCase()}`);
+        close.addEventListener("click", () => dialog.close());
+        dialog.prepend(close);
+      }
+      dialog.addEventListener("click", (event) => {
+        const link = event.target.closest && event.target.closest("a[href]");
+        if (!link || !dialog.open) return;
+        const url = new URL(link.href, location.href);
+        if (url.pathname !== location.pathname || !url.hash) return;
+        // Closing hands the focus back to the toggle (the theme's handler); the page then
+        // moves to the section, so that the focus does not pull it back.
+        event.preventDefault();
+        dialog.addEventListener("close", () => {
+          const target = document.getElementById(decodeURIComponent(url.hash.slice(1)));
+          if (location.hash !== url.hash) location.hash = url.hash;
+          else if (target) target.scrollIntoView();
+        }, { once: true });
+        dialog.close();
+      });
+    });
+  };
+
+  /* Glossary terms: a term linked to the glossary shows its definition beside it on hover and
+   * on keyboard focus (_static/course-glossary.js, written at build time from the glossary
+   * page). The box stays while the pointer is over it, and Escape closes it. */
+  const glossaryTips = () => {
+    const definitions = window.courseGlossary;
+    if (!definitions) return;
+    const links = [...document.querySelectorAll(".bd-article a.reference.internal")]
+      .filter((link) => link.querySelector(".std-term"));
+    if (!links.length) return;
+    const tip = document.createElement("div");
+    tip.id = "course-term-tip";
+    tip.className = "course-term-tip";
+    tip.setAttribute("role", "tooltip");
+    tip.hidden = true;
+    document.body.appendChild(tip);
+    let current = null;
+    let pending = null;
+    const hide = () => {
+      clearTimeout(pending);
+      tip.hidden = true;
+      if (current) current.removeAttribute("aria-describedby");
+      current = null;
+    };
+    const show = (link) => {
+      const entry = definitions[decodeURIComponent(new URL(link.href).hash.slice(1))];
+      if (!entry) return;
+      clearTimeout(pending);
+      if (current !== link) {
+        tip.innerHTML = "";
+        const title = document.createElement("strong");
+        title.textContent = entry.term;
+        const body = document.createElement("div");
+        body.innerHTML = entry.html;  // the site's own glossary page, written at build time
+        tip.append(title, body);
+        if (current) current.removeAttribute("aria-describedby");
+        current = link;
+        link.setAttribute("aria-describedby", tip.id);
+        if (window.MathJax && MathJax.typesetPromise) MathJax.typesetPromise([tip]).catch(() => {});
+      }
+      tip.hidden = false;
+      const box = link.getBoundingClientRect();
+      const width = Math.min(tip.offsetWidth, document.documentElement.clientWidth - 16);
+      const left = Math.max(8, Math.min(box.left, document.documentElement.clientWidth - width - 8));
+      tip.style.left = `${left + window.scrollX}px`;
+      tip.style.top = `${box.bottom + window.scrollY + 6}px`;
+    };
+    const later = () => { clearTimeout(pending); pending = setTimeout(hide, 300); };
+    links.forEach((link) => {
+      link.addEventListener("mouseenter", () => show(link));
+      link.addEventListener("focus", () => show(link));
+      link.addEventListener("mouseleave", later);
+      link.addEventListener("blur", later);
+    });
+    tip.addEventListener("mouseenter", () => clearTimeout(pending));
+    tip.addEventListener("mouseleave", later);
+    document.addEventListener("keydown", (event) => {
+      if (event.key === "Escape" && !tip.hidden) hide();
+    });
+  };
+
   dropHiddenToggles();
+  printInLight();
   const ready = () => {
+    drawers();
+    glossaryTips();
     solutionLinks();
     watchEquations();
     cleanSearchResults();

@@ -253,3 +253,98 @@ def test_verdict_boxes_are_readable_in_light_and_dark_mode(mode, tab_of):
     assert passed and failed and printed, "no verdict box to measure"
     low = [b for b in boxes if b["ratio"] < 4.5]
     assert not low, f"{mode} mode: text below 4.5:1 contrast: {low}"
+
+
+# ---------------------------------------------------------------- what a person writes
+
+def _vectors(name: str) -> list[dict]:
+    from sitepages import ROOT
+
+    return json.loads((ROOT / "tests" / "data" / name).read_text("utf-8"))
+
+
+def test_the_page_reads_numbers_as_python_does(tab_of):
+    """Every vector of tests/data/number_inputs.json (shared with the Python tests): the same
+    value, or a refusal with the same message, in the page."""
+    eid = next(e for e in PAGE_IDS if EXERCISES[e].kind == "number")
+    tab = tab_of(page_of(eid))
+    vectors = _vectors("number_inputs.json")
+    assert len(vectors) > 50
+    got = tab.page.evaluate(
+        """([id, inputs]) => inputs.map((text) => {
+            const read = window.bncourseExercises.readNumber(
+                JSON.parse(document.querySelector(`.bncourse-widget[data-exercise-id="${id}"]`)
+                    .dataset.exercise).common, text);
+            return {value: read.value === undefined ? null : read.value,
+                    negative: read.value !== undefined && Object.is(read.value, -0),
+                    message: window.bncourseExercises.check(id, text).message};
+        })""",
+        [eid, [v["input"] for v in vectors]],
+    )
+    wrong = []
+    for vector, page in zip(vectors, got, strict=True):
+        if vector["error"] is None:
+            same = page["value"] == vector["value"] and (
+                page["negative"] == (vector["value"] == 0 and str(vector["value"]).startswith("-")))
+        else:
+            same = vector["error"] in page["message"] and (
+                page["value"] is None or vector["error"] == "expected a finite number")
+        if not same:
+            wrong.append(f"{vector['input']!r}: page {page}, expected {vector}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_page_writes_a_near_miss_with_enough_digits(tab_of):
+    eid = next(e for e in PAGE_IDS if EXERCISES[e].kind == "number")
+    tab = tab_of(page_of(eid))
+    vectors = _vectors("number_digits.json")
+    got = tab.page.evaluate(
+        "(pairs) => pairs.map(([x, v]) => window.bncourseExercises.distinctDigits(x, v))",
+        [[v["x"], v["value"]] for v in vectors])
+    wrong = [f"{v}: page {g!r}" for v, g in zip(vectors, got, strict=True) if g != v["shown"]]
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("eid", PAGE_IDS)
+def test_page_messages_point_to_the_hint_button_not_to_a_notebook_call(eid, tab_of):
+    tab = tab_of(page_of(eid))
+    exercise = EXERCISES[eid]
+    generic = True
+    if exercise.kind == "number":
+        text = "12345.678"
+    else:
+        wrong = [k for k in sorted(exercise.options) if k != exercise.answer]
+        uncatalogued = [k for k in wrong if k not in {m.answer for m in exercise.mistakes}]
+        generic = bool(uncatalogued)
+        text = (uncatalogued or wrong)[0]
+    shown = " ".join(_answer_in_page(tab, eid, text).split())
+    assert "Not yet." in shown, shown
+    assert "hint(" not in shown, shown
+    if generic and len(exercise.all_hints) > 1:
+        assert "the Hint button" in shown, shown
+
+
+def test_widgets_are_announced_and_typed_as_a_person_writes():
+    """The verdict region is in the page before the first check (so that a screen reader
+    announces the first verdict), new hints are announced, and the number field asks for the
+    phone's full keyboard (a decimal keypad has no minus sign on some phones)."""
+    pages = {page for places in widgets().values() for page, _ in places}
+    for page in sorted(pages):
+        html = page_html(page)
+        results = re.findall(r'<div class="bncourse-result"[^>]*>', html)
+        assert results and all('role="status"' in r and 'aria-live="polite"' in r
+                               and "hidden" not in r for r in results), (page, results[:2])
+        hints = re.findall(r'<ol class="bncourse-hints"[^>]*>', html)
+        assert hints and all('aria-live="polite"' in h for h in hints), (page, hints[:2])
+        fields = re.findall(r'<input[^>]*class="bncourse-answer"[^>]*>', html)
+        assert all('inputmode="text"' in f for f in fields), (page, fields[:2])
+
+
+def test_the_verdict_mark_is_not_read_aloud_and_the_title_ends_a_sentence(tab_of):
+    eid = next(e for e in PAGE_IDS if EXERCISES[e].kind == "number")
+    tab = tab_of(page_of(eid))
+    _answer_in_page(tab, eid, "12345.678")
+    mark = tab.page.locator(f'.bncourse-widget[data-exercise-id="{eid}"] .bncourse-mark')
+    assert mark.get_attribute("aria-hidden") == "true"
+    title = tab.page.locator(f'.bncourse-widget[data-exercise-id="{eid}"] .bncourse-result strong')
+    assert title.inner_text().strip().endswith("Not yet.")

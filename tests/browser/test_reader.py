@@ -120,6 +120,59 @@ _WIDEST = """
 """
 
 
+_FIGURES = """
+() => [...document.querySelectorAll(".bd-article .cell_output img, .bd-article figure img")]
+  .filter((img) => img.naturalWidth > 0 && img.offsetParent !== null)
+  .map((img) => {
+    const box = img.getBoundingClientRect();
+    return {src: img.getAttribute("src").split("/").pop(), shown: box.width / box.height,
+            natural: img.naturalWidth / img.naturalHeight, width: box.width};
+  })
+"""
+
+
+@pytest.mark.parametrize("width", [VIEWPORT["width"], PHONE["width"]])
+def test_figures_keep_their_aspect_ratio(document, width, settled):
+    viewport = VIEWPORT if width == VIEWPORT["width"] else PHONE
+    tab = settled(document, viewport, "light")
+    figures = tab.page.evaluate(_FIGURES)
+    bad = [f for f in figures if abs(f["shown"] / f["natural"] - 1) > 0.01]
+    assert not bad, f"{document} at {width} px: figures shown out of shape:\n  {_listing(bad)}"
+    wide = [f for f in figures if f["width"] > width]
+    assert not wide, f"{document} at {width} px: figures wider than the screen: {wide}"
+
+
+def test_the_book_has_figures_to_measure(settled):
+    counted = sum(len(settled(page, PHONE, "light").page.evaluate(_FIGURES))
+                  for page in CHAPTERS)
+    assert counted >= 10, f"only {counted} figures on the chapter pages"
+
+
+def test_printing_a_dark_page_prints_it_light(settled):
+    tab = settled(CHAPTERS[0], VIEWPORT, "dark")
+    page = tab.page
+    page.evaluate("() => window.dispatchEvent(new Event('beforeprint'))")
+    page.emulate_media(media="print")
+    try:
+        theme = page.evaluate("() => document.documentElement.dataset.theme")
+        colour = page.evaluate("() => getComputedStyle(document.querySelector("
+                               "'.bd-article p')).color")
+        filters = page.evaluate("""() => [...document.querySelectorAll(
+            '.bd-article .cell_output img')].map((img) => getComputedStyle(img).filter)""")
+        hidden = page.evaluate("""() => [...document.querySelectorAll('.bncourse-widget')]
+            .every((w) => getComputedStyle(w).display === 'none')""")
+    finally:
+        page.emulate_media(media="screen")
+        page.evaluate("() => window.dispatchEvent(new Event('afterprint'))")
+    after = page.evaluate("() => document.documentElement.dataset.theme")
+    assert theme == "light", f"a dark page prints in the {theme} palette"
+    levels = [int(v) for v in re.findall(r"\d+", colour)[:3]]
+    assert max(levels) < 100, f"body text prints in {colour} on white paper"
+    assert filters and all(f == "none" for f in filters), filters
+    assert hidden, "the answer widgets are printed"
+    assert after == "dark", "the page did not return to dark mode after printing"
+
+
 def test_no_page_is_wider_than_a_phone(document, settled):
     tab = settled(document, PHONE, "light")
     found = tab.page.evaluate(_WIDEST)
@@ -299,6 +352,12 @@ def test_both_drawers_open_on_a_phone_and_their_links_navigate(open_tab):
         assert target and target.startswith("#"), f"the contents drawer links {target!r}"
         entry.click()
         page.wait_for_function(f"() => location.hash === {target!r}", timeout=5_000)
+        # The drawer closes once a section is chosen, and the page shows that section.
+        page.wait_for_function(
+            "() => !document.getElementById('pst-secondary-sidebar-modal').open", timeout=5_000)
+        top = page.evaluate(f"() => document.getElementById({target[1:]!r})"
+                            ".getBoundingClientRect().top")
+        assert -5 <= top < PHONE["height"] / 2, f"the section is at {top} px after the tap"
         problems = tab.console_errors + tab.page_errors
         assert not problems, f"the drawers logged errors:\n  {_listing(problems)}"
     finally:

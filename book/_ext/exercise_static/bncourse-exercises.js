@@ -84,14 +84,54 @@
              mistake: mistake || null, passed: status === PASSED };
   }
 
+  var UNICODE_MINUS = /\u2212/g;
+
+  // What a person wrote in the answer field, read as bncourse.exercises.read_number reads it
+  // (tests/data/number_inputs.json holds the vectors both follow): {empty: true},
+  // {value: x}, or {key, fields} naming the message that refuses it.
+  function readNumber(common, text) {
+    var t = strip(text);
+    if (!t) return { empty: true };
+    t = t.replace(UNICODE_MINUS, "-");
+    var number = new RegExp("^" + common.number_text + "$");
+    if (number.test(t)) return { value: Number(t) };
+    var fraction = common.fraction_text ? new RegExp("^" + common.fraction_text + "$").exec(t) : null;
+    if (fraction) {
+      var b = Number(fraction[3]);
+      if (b === 0) return { key: "zero_denominator", fields: { text: quoted(text, common.quoted_max) } };
+      var v = Number(fraction[2]) / b;
+      return { value: fraction[1] === "-" ? -v : v };
+    }
+    if (t.split(",").length === 2 && t.indexOf(".") < 0 && t.indexOf("/") < 0) {
+      var point = t.replace(",", ".");
+      if (number.test(point)) {
+        var after = t.split(",")[1].split(/[eE]/)[0];
+        if (/^[0-9]{3}$/.test(after)) {
+          return { key: "ambiguous_comma", fields: { text: quoted(text, common.quoted_max),
+            thousands: t.replace(",", ""), decimal: point } };
+        }
+        return { value: Number(point) };
+      }
+    }
+    return { key: "not_a_number", fields: { text: quoted(text, common.quoted_max) } };
+  }
+
+  // A wrong number with enough significant digits to differ from the value written alike:
+  // six, else the fewest from 7 to 17 (bncourse.exercises.distinct_digits).
+  function distinctDigits(x, value) {
+    for (var p = 6; p <= 17; p++) {
+      var shown = formatG(x, p);
+      if (shown !== formatG(value, p)) return shown;
+    }
+    return formatG(x, 17);
+  }
+
   function checkNumber(common, ex, text) {
     var m = common.messages;
-    var t = strip(text);
-    if (!t) return verdict(common, NOT_ATTEMPTED, m.number_stub);
-    if (!new RegExp("^" + common.number_text + "$").test(t)) {
-      return verdict(common, FAILED, fill(m.not_a_number, { text: quoted(text, common.quoted_max) }));
-    }
-    var x = Number(t);
+    var read = readNumber(common, text);
+    if (read.empty) return verdict(common, NOT_ATTEMPTED, m.number_stub);
+    if (read.key) return verdict(common, FAILED, fill(m[read.key], read.fields));
+    var x = read.value;
     if (!isFinite(x)) return verdict(common, FAILED, fill(m.not_finite, { x: pyFloat(x) }));
     if (matches(x, ex.value, ex.rtol, ex.atol)) return verdict(common, PASSED, m.passed);
     if (ex.value === 0 && Math.abs(x) <= ex.roundoff) {
@@ -103,7 +143,9 @@
       var atol = k.atol === null || k.atol === undefined ? ex.atol : k.atol;
       if (matches(x, k.answer, rtol, atol)) return verdict(common, FAILED, k.message, k.name);
     }
-    return verdict(common, FAILED, fill(m.wrong_number, { x6: formatG(x, 6), nudge: ex.nudge }));
+    var shown = distinctDigits(x, ex.value);
+    return verdict(common, FAILED, fill(m.wrong_number,
+      { x: shown, x6: shown, nudge: ex.nudge }));
   }
 
   function choiceLetter(common, text) {
@@ -139,6 +181,16 @@
     return fn(entry.common, entry.exercise, String(text));
   }
 
+  // The messages are the Python checker's, written for a notebook; on the page the next hint
+  // comes from the Hint button, not from a call to hint(...).
+  function pageText(message) {
+    return message
+      .replace(/More hints: hint\("[^"]*", *\d+\)\./g, "More hints: the Hint button.")
+      .replace(/hint\("[^"]*"(?:, *\d+)?\)/g, "the Hint button");
+  }
+
+  var MARKS = { passed: "\u2714", failed: "\u2718", "not attempted": "\u2026" };
+
   function show(widget, result) {
     var box = widget.querySelector(".bncourse-result");
     box.className = "bncourse-result bncourse-check bncourse-" + result.status.replace(" ", "-");
@@ -146,12 +198,12 @@
     var title = document.createElement("strong");
     var mark = document.createElement("span");
     mark.className = "bncourse-mark";
-    mark.textContent = { passed: "\u2714", failed: "\u2718", "not attempted": "\u2026" }[result.status];
+    mark.setAttribute("aria-hidden", "true");
+    mark.textContent = MARKS[result.status] + " ";
     title.appendChild(mark);
-    title.appendChild(document.createTextNode(" " + result.title));
+    title.appendChild(document.createTextNode(result.title + "."));
     box.appendChild(title);
-    box.appendChild(document.createTextNode(" " + result.message));
-    box.hidden = false;
+    box.appendChild(document.createTextNode(" " + pageText(result.message)));
   }
 
   function answerOf(widget) {
@@ -161,15 +213,48 @@
     return chosen ? chosen.value : "";
   }
 
-  function setUp(widget) {
+  function putAnswer(widget, text) {
+    var field = widget.querySelector("input.bncourse-answer");
+    if (field) { field.value = text; return; }
+    var radios = widget.querySelectorAll("input[type=radio]");
+    for (var i = 0; i < radios.length; i++) radios[i].checked = radios[i].value === text;
+  }
+
+  var WORDS = { passed: "correct", failed: "not yet", "not attempted": "not attempted" };
+  var STATUSES = { correct: PASSED, "not yet": FAILED, "not attempted": NOT_ATTEMPTED };
+
+  function storageNote(widget) {
+    if (document.querySelector(".bncourse-storage-note")) return;
+    var note = document.createElement("p");
+    note.className = "bncourse-storage-note";
+    note.setAttribute("role", "note");
+    note.textContent = "This browser does not let the page store anything, so your answers " +
+      "are checked but not kept after you leave the page.";
+    widget.parentNode.insertBefore(note, widget);
+  }
+
+  function setUp(widget, store) {
     var data = JSON.parse(widget.getAttribute("data-exercise"));
     var id = data.exercise.id;
     register(data.common, data.exercise);
     var form = widget.querySelector("form");
+    var saved = store ? store.get(id) : null;
+    if (saved && typeof saved.answer === "string") {
+      putAnswer(widget, saved.answer);
+      if (strip(saved.answer)) show(widget, check(id, saved.answer));
+    } else if (saved && STATUSES[saved.status] && saved.status !== "not attempted") {
+      var status = STATUSES[saved.status];
+      show(widget, verdict(data.common, status,
+        "(from your saved progress: the answer itself was not saved with it)"));
+    }
     if (form) {
       form.addEventListener("submit", function (event) {
         event.preventDefault();
-        show(widget, check(id, answerOf(widget)));
+        var text = answerOf(widget);
+        var result = check(id, text);
+        show(widget, result);
+        if (store) store.put(id, WORDS[result.status], text);
+        else storageNote(widget);
       });
     }
     var hintButton = widget.querySelector(".bncourse-hint-button");
@@ -179,13 +264,16 @@
       hintButton.addEventListener("click", function () {
         if (given >= hints.length) return;
         var item = document.createElement("li");
-        item.textContent = hints[given];
+        item.textContent = pageText(hints[given]);
+        item.tabIndex = -1;
         given += 1;
         hintList.appendChild(item);
         hintList.hidden = false;
         if (given >= hints.length) {
           hintButton.textContent = "No more hints";
           hintButton.disabled = true;
+          // The button can no longer hold the focus: it goes to the hint just shown.
+          item.focus();
         } else {
           hintButton.textContent = "Next hint (" + (given + 1) + " of " + hints.length + ")";
         }
@@ -195,8 +283,11 @@
   }
 
   function init() {
+    var progress = window.bncourseProgress;
+    var store = progress ? progress.open() : null;
     var widgets = document.querySelectorAll(".bncourse-widget[data-exercise]");
-    for (var i = 0; i < widgets.length; i++) setUp(widgets[i]);
+    for (var i = 0; i < widgets.length; i++) setUp(widgets[i], store);
+    if (!store && widgets.length) storageNote(widgets[0]);
   }
 
   function register(common, exercise) {
@@ -204,6 +295,8 @@
   }
 
   window.bncourseExercises = { check: check, formatG: formatG, register: register,
+                               readNumber: readNumber, distinctDigits: distinctDigits,
+                               pageText: pageText, statuses: STATUSES,
                                ids: function () { return Object.keys(registry); } };
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
   else init();
