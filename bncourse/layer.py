@@ -6,28 +6,32 @@ state_dict (old checkpoints without ``num_batches_tracked`` included), outputs, 
 every order, running buffers and dtypes. It calls none of torch's batch-norm functions; the
 training-mode forward is :class:`BatchNormFunction`, a custom autograd Function whose
 backward is the compact closed form of :func:`bncourse.functional.batch_norm_backward`.
-It saves one activation-sized tensor (``x_hat``, in the input's dtype) and two per-channel
-vectors (``inv_std`` and ``weight``) for the backward pass.
+In eager mode it saves one activation-sized tensor, its input ``x`` (as torch's layer does),
+and three per-channel vectors (``mean``, ``inv_std`` and ``weight``) for the backward pass.
 
 How the contract of torch's layer is kept, and why:
 
-* **Derivatives of every order.** ``x_hat`` and ``inv_std`` are returned by the Function as
-  two extra differentiable outputs (:meth:`BatchNormFunction.apply` hides them, so it still
-  returns ``(y, mean, var)``) and saved *as outputs*. The backward is written in
-  differentiable tensor ops of ``dy``, ``x_hat``, ``inv_std`` and ``weight``; under
-  ``create_graph=True`` autograd records it, and a second backward reaches ``x`` through
-  the saved outputs, which lead back to this Function with gradients for ``x_hat`` and
-  ``inv_std`` (the backward accepts those too). So double backward, Hessians and gradient
-  penalties are exact, and first-order training saves and computes what it did before (a
-  fast path in :func:`compact_backward` runs the closed form when nothing else arrives).
-  Forward-mode AD has its own ``jvp``. Three classes share these static methods, and the
-  layer picks one per call: under ``torch.func`` (``vmap`` over ensembles, ``jacrev``,
-  ``jvp``, ``hessian``) the ``setup_context`` form with ``generate_vmap_rule`` and ``jvp``;
-  under ``torch.compile`` the same without ``jvp`` (Dynamo refuses a Function with a
-  custom ``jvp``: it would break the graph at every layer, and ``fullgraph=True`` would
-  fail), so a compiled model is one graph in training and in eval; plain eager calls a
-  form with ``ctx`` in ``forward``, which ``Function.apply`` calls without binding the
-  signature each time (tens of microseconds a step).
+* **Derivatives of every order.** The layer picks one of three Functions per call, all
+  computing the same. Plain eager calls (what training runs) use a form with ``ctx`` in
+  ``forward``, which ``Function.apply`` calls without binding the signature each time (tens
+  of microseconds a step). Its forward computes ``y = x * scale + shift`` with per-channel
+  ``scale`` and ``shift`` and saves ``x``, ``mean`` and ``inv_std``; its backward asks
+  ``torch.is_grad_enabled()``, which is True in a backward exactly under
+  ``create_graph=True``. If not, it takes a first-order path in the fewest passes over
+  memory: the per-channel sums of ``dy`` and ``dy * x``, then ``dx = a * x + b + scale * dy``
+  (with ``|mean| >> std`` it centres ``x`` before the product, see
+  :data:`EAGER_CANCELLATION_LIMIT`). If so, it recomputes ``x_hat`` and ``inv_std`` from the
+  saved ``x`` with differentiable ops and runs :func:`compact_backward` on them, so autograd
+  records a graph back to ``x``, ``weight`` and ``dy``: double backward, Hessians and
+  gradient penalties are exact. Forward-mode AD has its own ``jvp``. Under ``torch.func``
+  (``vmap`` over ensembles, ``jacrev``, ``jvp``, ``hessian``) the layer uses the
+  ``setup_context`` form with ``generate_vmap_rule`` and ``jvp``, which returns ``x_hat``
+  and ``inv_std`` as two extra differentiable outputs and saves them *as outputs*: a second
+  backward reaches ``x`` through them, with gradients for ``x_hat`` and ``inv_std`` (its
+  backward accepts those too). Under ``torch.compile`` it uses the same without ``jvp``
+  (Dynamo refuses a Function with a custom ``jvp``: it would break the graph at every
+  layer, and ``fullgraph=True`` would fail), so a compiled model is one graph in training
+  and in eval.
 * **Layout.** The output and the input gradient have the memory format torch's kernels give
   them: channels_last (or channels_last_3d) for an input strided like it, contiguous for
   every other layout (a permutation of the axes, a slice, an expanded tensor).
@@ -98,8 +102,9 @@ Deliberate differences from torch's layer, each with the behaviour of torch's it
   mode without running statistics :class:`RunningStatsError` (``ValueError`` and torch's
   ``RuntimeError``); where torch raises ``ValueError`` (too few dimensions, one value per
   channel in training) ours does too;
-* for float16/bfloat16 inputs ``x_hat`` is saved in the input's dtype (torch saves the
-  input), so their gradients differ from torch's by a few roundings of that dtype;
+* under ``torch.func`` and ``torch.compile``, for float16/bfloat16 inputs ``x_hat`` is saved
+  in the input's dtype (torch saves the input, as the eager layer does), so there their
+  gradients differ from torch's by a few roundings of that dtype;
 * float16/bfloat16 layers (parameters in the low dtype too) normalize in float32 throughout;
   torch's CPU kernel folds ``gamma/sigma`` and ``beta - mean*gamma/sigma`` in the low dtype,
   which loses every digit when ``|mean| >> sigma`` (errors of order 1 for inputs of mean
@@ -522,34 +527,52 @@ EAGER_CANCELLATION_LIMIT = 4.0
 
 
 def _eager_forward(ctx, x, weight, bias, eps, running_mean, running_var, momentum):
-    """The forward in the fewest passes: ``y = x * scale + shift`` with per-channel vectors.
+    """The forward in few passes: ``y = x * scale + shift`` with per-channel vectors.
 
-    Saves ``x`` (the input: no new activation-sized tensor), ``mean``, ``inv_std`` and
-    ``weight``; the centred input is a temporary whose memory becomes ``y``.
+    ``scale = gamma * inv_std`` and ``shift = beta - mean * scale``; with contiguous spatial
+    axes it is ``(x - mean) * scale + beta``, from the centred input it already has. Saves
+    ``x`` (the input: no new activation-sized tensor), ``mean``, ``inv_std`` and ``weight``;
+    the centred input, the one activation-sized allocation, becomes ``y``.
     """
     dims = _dims(x)
     compute = _compute_dtype(x.dtype)
     xc = x if x.dtype == compute else x.to(compute)
+    saved_weight = weight
+    if weight is not None and weight.dtype != compute:
+        weight = weight.to(compute)
+    m = _values_per_channel(x)
     mean = xc.mean(dim=dims)
     buf = xc - _per_channel(mean, x)
-    var = buf.square_().mean(dim=dims)
-    inv_std = torch.rsqrt(var + eps)
-    scale = inv_std if weight is None else inv_std * weight.to(compute)
-    shift = -mean * scale if bias is None else bias.to(compute) - mean * scale
-    if x.dim() == 2:
-        # Per-channel vectors run along the contiguous axis: one fused pass.
-        y = torch.addcmul(_per_channel(shift, x), xc, _per_channel(scale, x), out=buf)
+    if x.dim() > 2 and buf.is_contiguous() and m > 0:
+        # Each (sample, channel) row is contiguous: its norm reads it once and writes
+        # nothing, and the centred values stay in buf for y.
+        n, c = x.shape[0], x.shape[1]
+        rows = torch.linalg.vector_norm(buf.view(n * c, -1), dim=1)
+        var = rows.square_().view(n, c).sum(dim=0).div_(m)
+        inv_std = torch.rsqrt(var + eps)
+        scale = inv_std if weight is None else inv_std * weight
+        # Two broadcast operands in one kernel are slower than two passes with one each.
+        y = buf.mul_(_per_channel(scale, x))
+        if bias is not None:
+            y = y.add_(_per_channel(bias.to(compute), x))
     else:
-        # Two broadcast operands of one kernel make it slow; one each is vectorized.
-        y = torch.mul(xc, _per_channel(scale, x), out=buf).add_(_per_channel(shift, x))
+        var = buf.square_().mean(dim=dims)
+        inv_std = torch.rsqrt(var + eps)
+        scale = inv_std if weight is None else inv_std * weight
+        shift = (torch.mul(mean, scale).neg_() if bias is None
+                 else torch.addcmul(bias.to(compute), mean, scale, value=-1))
+        if x.dim() == 2:
+            # Per-channel vectors run along the contiguous axis: one fused pass.
+            y = torch.addcmul(_per_channel(shift, x), xc, _per_channel(scale, x), out=buf)
+        else:
+            y = torch.mul(xc, _per_channel(scale, x), out=buf).add_(_per_channel(shift, x))
     if y.dtype != x.dtype:
         y = y.to(x.dtype)
-    m = _values_per_channel(x)
     if running_mean is not None and running_var is not None and m > 0:
         _update_running(running_mean, mean, momentum)
         _update_running(running_var, var * (m / (m - 1)), momentum)
-    ctx.save_for_backward(x, mean, inv_std, weight)
-    ctx.save_for_forward(x, mean, inv_std, weight)
+    ctx.save_for_backward(x, mean, inv_std, saved_weight)
+    ctx.save_for_forward(x, mean, inv_std, saved_weight)
     ctx.mark_non_differentiable(mean, var)
     ctx.set_materialize_grads(False)
     ctx.eps = eps
@@ -577,19 +600,19 @@ def _eager_first_order(dy, x, mean, inv_std, weight):
     m = max(_values_per_channel(x), 1)
     dbeta = dy.sum(dim=dims)
     if (x.device.type == "cpu"  # elsewhere the check would wait for the device
-            and float((mean.abs() * inv_std).max()) <= EAGER_CANCELLATION_LIMIT):
+            and float((mean * inv_std).abs_().max()) <= EAGER_CANCELLATION_LIMIT):
         buf = x * dy  # x first: the product, and so dx, takes x's memory format
-        dgamma = inv_std * (buf.sum(dim=dims) - mean * dbeta)
+        dgamma = torch.addcmul(buf.sum(dim=dims), mean, dbeta, value=-1).mul_(inv_std)
     else:
         buf = (x - _per_channel(mean, x)).mul_(dy)
-        dgamma = inv_std * buf.sum(dim=dims)
+        dgamma = buf.sum(dim=dims).mul_(inv_std)
     scale = inv_std if weight is None else inv_std * weight
-    a = -(scale * inv_std * dgamma) / m
-    b = -(scale * dbeta) / m - a * mean
+    a = (scale * inv_std).mul_(dgamma).mul_(-1.0 / m)
+    b = (scale * dbeta).mul_(-1.0 / m).addcmul_(a, mean, value=-1)
     if x.dim() == 2:
         dx = torch.addcmul(_per_channel(b, x), x, _per_channel(a, x), out=buf)
-    else:
-        dx = torch.mul(x, _per_channel(a, x), out=buf).add_(_per_channel(b, x))
+        return dx.addcmul_(dy, _per_channel(scale, x)), dgamma, dbeta
+    dx = torch.mul(x, _per_channel(a, x), out=buf).add_(_per_channel(b, x))
     return dx.addcmul_(dy, _per_channel(scale, x)), dgamma, dbeta
 
 
@@ -675,12 +698,13 @@ class BatchNormFunction(_BatchNormCore):
     given they are updated in place during the forward (``momentum`` weights the new
     batch; the unbiased variance is stored; an empty batch leaves them as they are).
 
-    The forward, backward, ``jvp`` and vmap rule are those of its base class, which has two
-    more outputs, ``x_hat`` and ``inv_std``: they are what it saves for backward (one
-    activation-sized tensor and one per-channel vector, plus ``weight``), and, saved as
-    outputs, they keep the graph back to ``x`` when the backward is itself differentiated
-    (see the module docstring). ``apply`` returns the three outputs a caller uses; the layer
-    and the compiled path call the base class directly.
+    ``apply`` runs the Function the layer runs in the same context (see the module
+    docstring): in plain eager mode the one that saves ``x``, ``mean`` and ``inv_std`` and
+    recomputes ``x_hat`` when its backward is differentiated; under ``torch.func`` and
+    ``torch.compile`` its base class, whose forward, backward, ``jvp`` and vmap rule are
+    defined here, with two more outputs, ``x_hat`` and ``inv_std``: they are what it saves
+    for backward, and, saved as outputs, they keep the graph back to ``x`` when the backward
+    is itself differentiated. ``apply`` returns the three outputs a caller uses.
     """
 
     @classmethod

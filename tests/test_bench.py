@@ -46,18 +46,18 @@ def test_bncourse_saves_one_activation_sized_tensor_plus_per_channel_vectors(sha
     numel, c = math.prod(shape), shape[1]
     assert saved.activation_sized(numel) == 1, (
         f"bncourse.BatchNorm saved {saved.activation_sized(numel)} activation-sized tensors "
-        f"for shape {shape}, expected exactly 1 (x_hat); saved shapes: {saved.shapes}"
+        f"for shape {shape}, expected exactly 1 (its input x); saved shapes: {saved.shapes}"
     )
     others = [s for s in saved.shapes if math.prod(s) != numel]
     assert all(math.prod(s) == c for s in others), (
-        f"besides x_hat, bncourse should save only per-channel vectors of {c} values; "
+        f"besides x, bncourse should save only per-channel vectors of {c} values; "
         f"saved shapes: {saved.shapes}"
     )
-    # x_hat, inv_std and gamma.
-    expected = _activation_bytes(shape, dtype) + 2 * _channel_bytes(shape, dtype)
+    # x, mean, inv_std and gamma.
+    expected = _activation_bytes(shape, dtype) + 3 * _channel_bytes(shape, dtype)
     assert saved.nbytes == expected, (
         f"bncourse saved {saved.nbytes} bytes for shape {shape} ({dtype}), expected "
-        f"{expected} = x_hat + inv_std + gamma; off by {saved.nbytes - expected}"
+        f"{expected} = x + mean + inv_std + gamma; off by {saved.nbytes - expected}"
     )
 
 
@@ -77,10 +77,13 @@ def test_staged_graph_saves_at_least_two_activation_sized_tensors(shape):
         f"the staged graph saved {staged.nbytes} bytes, less than two activations "
         f"({2 * _activation_bytes(shape, dtype)} bytes)"
     )
+    # Staged: two activations and two per-channel vectors; bncourse: one activation (x)
+    # and three per-channel vectors.
     extra = staged.nbytes - compact.nbytes
-    assert extra >= _activation_bytes(shape, dtype), (
-        f"the staged graph saved only {extra} bytes more than bncourse for shape {shape}; "
-        f"expected at least one more activation ({_activation_bytes(shape, dtype)} bytes)"
+    expected = _activation_bytes(shape, dtype) - _channel_bytes(shape, dtype)
+    assert extra == expected, (
+        f"the staged graph saved {extra} bytes more than bncourse for shape {shape}; "
+        f"expected one activation less one per-channel vector ({expected} bytes)"
     )
 
 

@@ -248,3 +248,123 @@ def test_numpy_reference_gradients_keep_the_dtypes_like_torch(shape, gamma_dtype
                            ("dbeta", dbeta, dbeta_t)):
             err = np.abs(a.astype(np.float64) - b.numpy().astype(np.float64)).max()
             assert err <= 1e-4 * max(1.0, np.abs(b.numpy()).max()), (name, what, err)
+
+
+# --------------------------------------------------------------------------------------
+# The eager Function: a first-order path and a differentiable one under create_graph
+# --------------------------------------------------------------------------------------
+
+EAGER_LAYOUTS = [((16, 5), "contiguous"), ((6, 4, 7), "contiguous"),
+                 ((4, 3, 5, 6), "contiguous"), ((4, 3, 5, 6), "channels_last"),
+                 ((3, 2, 2, 3, 4), "contiguous")]
+
+
+def _eager_input(shape, layout, offset, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * 2.0 + offset
+    dy = torch.randn(shape, generator=gen, dtype=torch.float64)
+    x, dy = x.to(dtype), dy.to(dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, dy
+
+
+def _affine_layer(c, dtype):
+    layer = bncourse.BatchNorm(c, dtype=dtype)
+    with torch.no_grad():
+        layer.weight.copy_(torch.linspace(-1.5, 2.0, c))
+        layer.bias.copy_(torch.linspace(0.5, -0.5, c))
+    return layer
+
+
+@pytest.mark.parametrize("shape,layout", EAGER_LAYOUTS)
+@pytest.mark.parametrize("offset", [0.0, 1e3])  # |mean| / std of 0 and 500: both first-order sums
+def test_first_order_and_create_graph_paths_give_the_same_gradients(shape, layout, offset):
+    x, dy = _eager_input(shape, layout, offset, torch.float64)
+    layer = _affine_layer(shape[1], torch.float64)
+    grads = {}
+    for create_graph in (False, True):
+        xg = x.clone().requires_grad_()
+        y = layer(xg)
+        assert type(y.grad_fn).__name__ == "_BatchNormCoreEagerBackward", y.grad_fn
+        grads[create_graph] = torch.autograd.grad(y, (xg, layer.weight, layer.bias), dy,
+                                                  create_graph=create_graph)
+        # Only the create_graph path records a graph of the gradient itself.
+        assert grads[create_graph][0].requires_grad == create_graph
+    for name, a, b in zip(("dx", "dgamma", "dbeta"), grads[False], grads[True], strict=True):
+        _assert_same(name, a, b, tol=1e-9)
+    assert grads[False][0].stride() == x.stride(), "dx must keep the input's memory format"
+
+
+@pytest.mark.parametrize("shape,layout", EAGER_LAYOUTS)
+def test_second_derivative_through_the_eager_function_equals_torchs(shape, layout):
+    x, dy = _eager_input(shape, layout, 1.0, torch.float64, seed=1)
+    v = torch.randn(shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    ours, theirs = _pair(shape[1], len(shape))
+    results = []
+    for layer in (ours, theirs):
+        xg = x.clone().requires_grad_()
+        params = (xg, layer.weight, layer.bias)
+        y = layer(xg)
+        first = torch.autograd.grad(y, params, dy, create_graph=True)
+        # A gradient penalty: d/d(x, gamma, beta) of <dx, v> + |dgamma|^2.
+        penalty = (first[0] * v).sum() + (first[1] ** 2).sum()
+        second = torch.autograd.grad(penalty, params[:2], allow_unused=True)
+        results.append((first, second))
+    assert type(ours(x.clone().requires_grad_()).grad_fn).__name__ == \
+        "_BatchNormCoreEagerBackward"
+    for name, a, b in zip(("dx", "dgamma", "dbeta"), results[0][0], results[1][0],
+                          strict=True):
+        _assert_same(f"first derivative {name}", a, b)
+    for name, a, b in zip(("d2/dx", "d2/dgamma"), results[0][1], results[1][1], strict=True):
+        _assert_same(f"second derivative {name}", a, b, tol=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (3, 2, 2, 3)])
+def test_eager_function_passes_gradcheck_and_gradgradcheck(shape):
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) + 2.0).requires_grad_()
+    w = (torch.rand(shape[1], generator=gen, dtype=torch.float64) + 0.5).requires_grad_()
+    b = torch.randn(shape[1], generator=gen, dtype=torch.float64, requires_grad=True)
+
+    def f(x, w, b):
+        y, _, _ = BatchNormFunction.apply(x, w, b, 1e-3)
+        assert type(y.grad_fn).__name__ == "_BatchNormCoreEagerBackward", y.grad_fn
+        return y
+
+    assert torch.autograd.gradcheck(f, (x, w, b))
+    assert torch.autograd.gradgradcheck(f, (x, w, b))
+
+
+@pytest.mark.parametrize("shape,layout", EAGER_LAYOUTS)
+@pytest.mark.parametrize("offset", [3.0, 1e4])
+def test_first_order_float32_gradients_are_as_accurate_as_torchs(shape, layout, offset):
+    """float32 against float64 on the same values, for ours and for torch's layer.
+
+    With |mean| >> std, sum(dy * x_hat) taken as inv_std * (sum(dy * x) - mean * sum(dy))
+    would lose about log2(|mean| / std) bits to cancellation; the layer centres first there.
+    """
+    x, dy = _eager_input(shape, layout, offset, torch.float32, seed=4)
+    c, ndim = shape[1], len(shape)
+    errors = {}
+    for name, make in (("ours", lambda dt: _affine_layer(c, dt)),
+                       ("torch", lambda dt: TORCH_CLASSES[ndim](c, dtype=dt))):
+        grads = {}
+        for dt in (torch.float32, torch.float64):
+            layer = make(dt)
+            if name == "torch":
+                with torch.no_grad():
+                    layer.weight.copy_(torch.linspace(-1.5, 2.0, c))
+                    layer.bias.copy_(torch.linspace(0.5, -0.5, c))
+            xg = x.to(dt).requires_grad_()
+            grads[dt] = torch.autograd.grad(layer(xg), (xg, layer.weight, layer.bias),
+                                            dy.to(dt))
+        errors[name] = [
+            ((a.double() - b).abs().max() / b.abs().max()).item()
+            for a, b in zip(grads[torch.float32], grads[torch.float64], strict=True)
+        ]
+    eps32 = torch.finfo(torch.float32).eps
+    for what, ours, theirs in zip(("dx", "dgamma", "dbeta"), errors["ours"], errors["torch"],
+                                  strict=True):
+        assert ours <= max(8 * theirs, 64 * eps32), (
+            f"{what}: relative error {ours:.2e} in float32, torch's {theirs:.2e}")
