@@ -7,11 +7,8 @@ counter ``num_batches_tracked``). The two are stopped by different switches:
 ``requires_grad=False`` stops $\\gamma$ and $\\beta$; only eval mode stops the running
 statistics. :func:`freeze_batch_norm` flips both, and keeps the layer in eval mode when the
 surrounding model is put back into ``train()`` (what Keras' ``trainable=False`` does).
-:func:`reestimate_running_stats` recomputes the running statistics from data.
-:func:`keras_update_moving_stats` writes out Keras' form of the running-statistics update,
-which chapter 3 sets beside PyTorch's; what it says of Keras 3 is checked against the real
-layer in ``tests/test_keras_facts.py``, and :mod:`bncourse.ports` runs the real Keras 3 and
-Flax layers themselves.
+:func:`reestimate_running_stats` recomputes the running statistics from data. Keras' and
+Flax's own layers are run by :mod:`bncourse.ports`.
 """
 
 from __future__ import annotations
@@ -36,7 +33,6 @@ __all__ = [
     "running_stat_trajectories",
     "steady_spread",
     "simulated_wander",
-    "keras_update_moving_stats",
 ]
 
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm, BatchNorm)
@@ -259,76 +255,3 @@ def simulated_wander(
     return (means[:, start:].std(axis=1) / mean_spread,
             variances[:, start:].std(axis=1) / var_spread)
 
-
-def keras_update_moving_stats(
-    moving_mean: np.ndarray,
-    moving_var: np.ndarray,
-    x: np.ndarray,
-    momentum: float = 0.99,
-    *,
-    stored_variance: str = "biased",
-) -> tuple[np.ndarray, np.ndarray]:
-    r"""One update of Keras' moving statistics (``BatchNormalization``, training mode), written out.
-
-    A statement about a library, not the library: its ``"biased"`` form is checked against
-    Keras 3's own layer (``tests/test_keras_facts.py``, on the torch backend); its
-    ``"unbiased"`` form, tf.keras 2's fused path, needs TensorFlow and rests on the cited
-    source. To run Keras itself, use :func:`bncourse.ports.to_keras`.
-
-    $\hat\mu \leftarrow \rho\,\hat\mu + (1 - \rho)\,\mu_B$ and
-    $\hat\sigma^2 \leftarrow \rho\,\hat\sigma^2 + (1 - \rho)\,v_B$, with ``momentum``
-    $= \rho$ the weight of the *old* value (Keras' default 0.99). Which batch variance $v_B$
-    is stored depends on the version, and ``stored_variance`` says which one is modelled:
-
-    * ``"biased"`` (the default): $v_B = \sigma_B^2$, divide by $m$, the variance the layer
-      normalizes with. Keras 3 stores this one: it has no fused kernel and takes the batch
-      statistics from ``ops.moments``, which divides by $m$. tf.keras 2 (Keras 2) stores it
-      on its non-fused path (statistics from ``tf.nn.moments``), which a layer takes for
-      inputs that are neither 4-D nor 5-D (the 2-D output of ``Dense``, the 3-D output of
-      ``Conv1D``), and for any input when a setting rules the fused kernel out: a compute
-      dtype other than float16, bfloat16 or float32, ``renorm``, ``virtual_batch_size``,
-      ``adjustment``, ``synchronized=True``, or a channel axis other than axis 1 or the
-      last.
-    * ``"unbiased"``: $v_B = \frac{m}{m-1}\sigma_B^2$, as PyTorch stores
-      (:func:`bncourse.functional.update_running_stats`). tf.keras 2 stores this one on its
-      fused path, which a layer with the default settings takes for 4-D inputs (the output of
-      ``Conv2D``) and, in its later versions, 5-D ones (``Conv3D``'s; earlier versions fuse
-      4-D inputs only): TensorFlow's fused kernel (``fused_batch_norm_op.cc``) applies Bessel's
-      correction, and the layer leaves it in place, because it sets
-      ``_bessels_correction_test_only = True`` and its
-      ``_maybe_add_or_remove_bessels_correction`` then returns the variance unchanged.
-
-    With $m$ the number of values per channel. ``x`` has shape ``(N, C, ...)`` (channels on
-    axis 1, as everywhere in bncourse). Returns new arrays.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim < 2:
-        raise ValueError(f"x must have shape (N, C, ...); got shape {x.shape}")
-    if not 0.0 <= float(momentum) < 1.0:
-        raise ValueError(
-            f"Keras' momentum is the weight of the old value and must lie in [0, 1); got "
-            f"{momentum}. (PyTorch's 0.1 is Keras' 0.9.)"
-        )
-    if stored_variance not in ("biased", "unbiased"):
-        raise ValueError(
-            f"stored_variance must be 'biased' (Keras 3; tf.keras 2's non-fused path, e.g. "
-            f"after Dense or Conv1D) or 'unbiased' (tf.keras 2's fused path, e.g. after Conv2D "
-            f"with the default settings); got {stored_variance!r}"
-        )
-    axes = (0, *range(2, x.ndim))
-    m = x.size // x.shape[1] if x.shape[1] else 0
-    if m < 1:
-        raise ValueError(f"x of shape {x.shape} has no value per channel")
-    if stored_variance == "unbiased" and m < 2:
-        raise ValueError(f"the unbiased variance needs at least 2 values per channel; x of "
-                         f"shape {x.shape} has {m}")
-    mean = x.mean(axis=axes)
-    batch_var = x.var(axis=axes, ddof=0 if stored_variance == "biased" else 1)
-    moving_mean = np.asarray(moving_mean, dtype=np.float64)
-    moving_var = np.asarray(moving_var, dtype=np.float64)
-    for name, v in (("moving_mean", moving_mean), ("moving_var", moving_var)):
-        if v.shape != mean.shape:
-            raise ValueError(f"{name} must have shape {mean.shape} (one per channel); "
-                             f"got {v.shape}")
-    return (momentum * moving_mean + (1 - momentum) * mean,
-            momentum * moving_var + (1 - momentum) * batch_var)

@@ -17,7 +17,6 @@ from bncourse.freezing import (
     count_values,
     freeze_batch_norm,
     is_frozen,
-    keras_update_moving_stats,
     reestimate_running_stats,
     running_mean_trajectories,
     running_stat_trajectories,
@@ -25,7 +24,7 @@ from bncourse.freezing import (
     steady_spread,
     unfreeze_batch_norm,
 )
-from bncourse.functional import keras_to_torch_momentum, update_running_stats
+from bncourse.functional import update_running_stats
 from bncourse.layer import BatchNorm
 
 BN_CLASSES = [nn.BatchNorm1d, BatchNorm]
@@ -276,61 +275,6 @@ def test_running_stat_trajectories_follow_the_update_rule_for_the_variance_too(m
             f"after {k + 1} batches the running variance is {variances[0, k]}, the rule "
             f"gives {var[0]}"
         )
-
-
-@pytest.mark.verifies("eq-parameters-keras")
-@pytest.mark.parametrize("shape", [(8, 3), (5, 2, 4), (2, 3, 3, 2)])
-def test_keras_update_agrees_on_the_mean_and_stores_the_biased_variance(shape):
-    rng = np.random.default_rng(sum(shape))
-    x = rng.normal(2.0, 3.0, shape)
-    c = shape[1]
-    m = x.size // c
-    start_mean, start_var = rng.normal(size=c), rng.uniform(0.5, 2.0, c)
-    rho = 0.9
-    k_mean, k_var = keras_update_moving_stats(start_mean, start_var, x, momentum=rho)
-    t_mean, t_var = update_running_stats(start_mean, start_var, x, keras_to_torch_momentum(rho))
-    assert np.allclose(k_mean, t_mean, rtol=1e-13, atol=1e-13), "means must agree"
-    # The batch's share of each update: Keras' biased variance is (m - 1)/m of PyTorch's.
-    ratio = (k_var - rho * start_var) / (t_var - rho * start_var)
-    assert np.allclose(ratio, (m - 1) / m, rtol=1e-12), f"ratio {ratio}, want {(m - 1) / m}"
-    # Independently: the formula written out with NumPy's biased variance.
-    axes = (0, *range(2, len(shape)))
-    want = rho * start_var + (1 - rho) * x.var(axis=axes)
-    assert np.allclose(k_var, want, rtol=1e-13)
-
-
-def test_keras_update_rejects_bad_input():
-    with pytest.raises(ValueError, match="old value"):
-        keras_update_moving_stats(np.zeros(2), np.ones(2), np.ones((4, 2)), momentum=1.0)
-    with pytest.raises(ValueError, match="shape"):
-        keras_update_moving_stats(np.zeros(3), np.ones(3), np.ones((4, 2)))
-    with pytest.raises(ValueError, match="shape"):
-        keras_update_moving_stats(np.zeros(2), np.ones(2), np.ones(4))
-
-
-@pytest.mark.parametrize("shape", [(8, 3), (2, 3, 3, 2), (2, 2, 2, 3, 3)])
-def test_keras_update_of_tf_keras2_fused_path_is_pytorchs_update(shape):
-    # tf.keras 2 keeps the fused kernel's Bessel-corrected variance (4-D and 5-D inputs): with
-    # the converted momentum its moving statistics are PyTorch's running statistics.
-    rng = np.random.default_rng(len(shape))
-    x = rng.normal(-1.0, 2.0, shape)
-    c = shape[1]
-    start_mean, start_var = rng.normal(size=c), rng.uniform(0.5, 2.0, c)
-    rho = 0.99
-    k_mean, k_var = keras_update_moving_stats(start_mean, start_var, x, momentum=rho,
-                                              stored_variance="unbiased")
-    t_mean, t_var = update_running_stats(start_mean, start_var, x, keras_to_torch_momentum(rho))
-    assert np.allclose(k_mean, t_mean, rtol=1e-13, atol=1e-13), "means must agree"
-    assert np.allclose(k_var, t_var, rtol=1e-13), f"variances {k_var} and {t_var}"
-
-
-def test_keras_update_names_the_conventions_it_knows():
-    with pytest.raises(ValueError, match="biased"):
-        keras_update_moving_stats(np.zeros(2), np.ones(2), np.ones((4, 2)),
-                                  stored_variance="population")
-    with pytest.raises(ValueError, match="at least 2"):
-        keras_update_moving_stats(np.zeros(2), np.ones(2), np.ones((1, 2)),
-                                  stored_variance="unbiased")
 
 
 def test_reestimate_differs_from_update_bn_in_modes_and_frozen_layers():

@@ -8,10 +8,8 @@ the update rule written out in each test: the momentum that weights the old valu
 is called with ``training=True`` (on this backend it takes effect in the next ``fit()`` without
 a new ``compile()``, which Keras' guide asks for because a traced train step may keep the old
 setting). tf.keras 2 (Keras 2) needs TensorFlow and is not installed:
-chapters 3 and 7 cite its source for what it stores. Chapter 3 computes Keras' update with
-:func:`bncourse.freezing.keras_update_moving_stats`; its Keras 3 form is checked here against
-the real layer, and its tf.keras 2 form (``stored_variance="unbiased"``) is shown *not* to be
-what Keras 3 stores.
+chapters 3 and 7 cite its source for what it stores, and the unbiased variance of its fused
+path is shown here *not* to be what Keras 3 stores. Chapter 3 runs Keras 3's layer itself.
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ import pytest
 
 from bncourse.exercises import check
 from bncourse.exercises.parameters import KERAS_MOMENTUM
-from bncourse.freezing import keras_update_moving_stats
 from bncourse.ports import keras as _keras
 
 # The backend is chosen when keras is first imported: bncourse.ports selects torch.
@@ -102,25 +99,6 @@ def test_keras3_stores_the_biased_batch_variance_with_momentum_on_the_old_value(
     _, unbiased = _written_update(start_mean, start_var, _channels_first(x), momentum, ddof=1)
     gap = np.min(np.abs(unbiased - got_var) / got_var)
     assert gap > 100 * RTOL, f"biased and unbiased updates differ by only {gap:.2g}"
-
-
-@pytest.mark.parametrize(("shape", "momentum"), [
-    ((8, 4), 0.99), ((2, 3, 3, 5), 0.9), ((2, 2, 3, 3, 4), 0.1), ((5, 1), 0.5)])
-def test_chapter3s_keras_update_is_what_keras3_stores_and_its_tf_keras2_form_is_not(shape,
-                                                                                   momentum):
-    # freezing.keras_update_moving_stats, which chapter 3 calls, against the real layer.
-    x = _batch(shape, seed=sum(shape))
-    layer = keras.layers.BatchNormalization(momentum=momentum)
-    layer(x, training=True)
-    channels = shape[-1]
-    start = (np.zeros(channels), np.ones(channels))
-    mean, var = keras_update_moving_stats(*start, _channels_first(x), momentum=momentum)
-    np.testing.assert_allclose(_np(layer.moving_mean), mean, rtol=RTOL, atol=RTOL)
-    np.testing.assert_allclose(_np(layer.moving_variance), var, rtol=RTOL)
-    _, fused = keras_update_moving_stats(*start, _channels_first(x), momentum=momentum,
-                                         stored_variance="unbiased")
-    assert np.min(np.abs(fused - _np(layer.moving_variance))) > 100 * RTOL * np.max(var), (
-        "the unbiased (tf.keras 2 fused) form must differ from what Keras 3 stores")
 
 
 def test_keras3_normalizes_with_the_biased_variance_and_epsilon_in_training_mode():
@@ -224,3 +202,16 @@ def test_keras3_on_torch_takes_the_one_pass_variance_without_clamping_it():
     assert np.all(got % 8 == 0), "multiples of the float32 spacing near 1e8"
     assert np.any(got < 0), f"no negative variance this time: {got}"
     assert np.all(np.isnan(y[:, got < 0])), "a negative variance below -eps gives NaN outputs"
+
+
+def test_keras3_masked_call_takes_two_passes_where_the_unmasked_one_loses_the_variance():
+    """On the torch backend Keras 3's unmasked variance is the one-pass E[x^2] - E[x]^2; a call
+    with a mask goes through the layer's masked moments, which subtract the mean first."""
+    x = 1e4 + np.random.default_rng(3).normal(size=(256, 8)).astype(np.float32)
+    true_var = x.astype(np.float64).var(axis=0)
+    plain = keras.layers.BatchNormalization(momentum=0.0)
+    plain(x, training=True)
+    masked = keras.layers.BatchNormalization(momentum=0.0)
+    masked(x, training=True, mask=np.ones(len(x), dtype=bool))
+    assert np.all(np.abs(_np(plain.moving_variance) - true_var) > 0.5)      # digits lost
+    np.testing.assert_allclose(_np(masked.moving_variance), true_var, rtol=1e-4)
