@@ -27,7 +27,7 @@ from typing import Any
 
 from . import functional
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 _LAZY_ATTRIBUTES = {
     "BatchNorm": ("bncourse.layer", "BatchNorm"),
