@@ -12,10 +12,12 @@ The same layer, three sets of conventions (chapter 7 asserts each against the li
   the biased one. A ported layer therefore gives the same outputs, but after a training step
   its variance has moved by $(1-\rho)\,v_B$ where PyTorch's moved by
   $\alpha\,\frac{m}{m-1} v_B$: no setting of either library stores the unbiased one.
-* **the variance formula**: PyTorch takes two passes; Keras 3 (torch backend) always, and Flax
-  by default, compute $E[x^2] - E[x]^2$, which loses every digit in float32 when the mean is
-  large against the spread (Keras' can even go negative). :func:`to_flax` asks Flax for two
-  passes; Keras has no such option.
+* **the variance formula**: PyTorch's is stable (two passes on CPU, Welford's update on CUDA);
+  Keras 3 (torch backend, unmasked call) and Flax by default compute $E[x^2] - E[x]^2$, whose
+  relative error in float32 grows like $u\,(\bar x/\sigma)^2$: every digit is lost when the
+  mean is some $10^4$ times the spread (Keras' can even go negative). :func:`to_flax` asks
+  Flax for two passes; Keras has no documented option, though its masked path (``mask=`` in
+  the call) takes two passes.
 * **the channel axis**: PyTorch's is axis 1; Keras' and Flax's default is the last axis.
   The layers made here use axis 1, so they take PyTorch's layout.
 
@@ -55,6 +57,7 @@ __all__ = [
     "sync_batch_norm_worker",
     "flax_sync_batch_norm",
     "flax_sync_collectives",
+    "written_sync_collectives",
 ]
 
 #: The number of dimensions of the input that each of torch's classes fixes.
@@ -553,6 +556,46 @@ def flax_sync_collectives(channels: int, *, devices: int, per_device: int = 2,
         xs = jax.device_put(jnp.zeros(shape, jnp.float32), NamedSharding(mesh, P("batch")))
         fn = jax.value_and_grad(loss, has_aux=True) if backward else loss
         traced = jax.make_jaxpr(fn)(xs, xs)
+    return _collectives(traced.jaxpr, [])
+
+
+def written_sync_collectives(channels: int, *, devices: int, subtract_mean_twice: bool,
+                             per_device: int = 2) -> list[tuple[str, int]]:
+    """The collectives of JAX's derivative of a synchronized two-pass BN written by hand.
+
+    The layer is $\\mu = $ ``pmean`` of the local means, $v = $ ``pmean`` of the local means
+    of $(x-\\mu)^2$, $y = (x-\\mu)/\\sqrt{v+\\epsilon}$, traced under ``jax.shard_map``
+    and ``jax.grad`` like :func:`flax_sync_collectives`. With ``subtract_mean_twice`` the
+    centred input is computed a second time for $y$, as Flax's ``BatchNorm`` does (once for
+    the variance, once to normalize); otherwise it is computed once and used for both.
+    Returns each collective with the number of values it reduces per device. Nothing is run.
+    """
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    if jax.device_count() < devices:
+        raise ValueError(f"{devices} devices asked for, JAX has {jax.device_count()}")
+    mesh = jax.make_mesh((devices,), ("batch",))
+
+    def local(xs: Any) -> Any:
+        mu = jax.lax.pmean(xs.mean(axis=0), "batch")
+        centred = xs - mu
+        var = jax.lax.pmean((centred * centred).mean(axis=0), "batch")
+        if subtract_mean_twice:
+            centred = xs - mu
+        return centred * jax.lax.rsqrt(var + 1e-5)
+
+    step = jax.shard_map(local, mesh=mesh, in_specs=P("batch"), out_specs=P("batch"))
+
+    def loss(xs: Any, dy: Any) -> Any:
+        return jnp.sum(step(xs) * dy)
+
+    with jax.set_mesh(mesh):
+        xs = jax.device_put(jnp.zeros((devices * per_device, channels), jnp.float32),
+                            NamedSharding(mesh, P("batch")))
+        traced = jax.make_jaxpr(jax.grad(loss))(xs, xs)
     return _collectives(traced.jaxpr, [])
 
 

@@ -304,6 +304,9 @@ _FLAX_SYNC = textwrap.dedent("""
         for backward in (False, True):
             out[f"collectives {fast} {backward}"] = ports.flax_sync_collectives(
                 3, devices=4, fast_variance=fast, backward=backward)
+    for twice in (False, True):
+        out[f"written {twice}"] = ports.written_sync_collectives(
+            3, devices=4, subtract_mean_twice=twice)
     print(json.dumps(out))
 """)
 
@@ -329,6 +332,13 @@ def test_flax_synchronized_bn_equals_global_bn_and_sync_batch_norm(tmp_path):
     assert sizes["collectives False True"] == [3] * 5, sizes       # and its backward: 3 more
     assert sizes["collectives True False"] == [6], sizes           # one-pass: one of 2C
     assert sizes["collectives True True"] == [3, 3, 6], sizes
+    # Written out by hand, JAX's derivative of two-pass synchronized BN needs two backward
+    # all-reduces when x - mean is computed once, three when it is computed twice (as Flax).
+    written = {key: [(name, n) for name, n in out.pop(key)]
+               for key in [k for k in out if k.startswith("written")]}
+    assert all(name.startswith("psum") for w in written.values() for name, _ in w), written
+    assert [n for _, n in written["written False"]] == [3] * 4, written
+    assert [n for _, n in written["written True"]] == [3] * 5, written
     flax = {k: np.array(v) for k, v in out.items()}
 
     ref = nn.BatchNorm1d(3, momentum=0.1, dtype=torch.float64)
@@ -358,6 +368,9 @@ def test_the_keras_update_exercise_is_what_the_keras_port_stores():
     from bncourse.exercises import EXERCISES, check
 
     exercise = EXERCISES["porting.keras_update"]
+    # The seeded cases are float32, the Keras layer's precision: calling the ported Keras
+    # layer answers them.
+    assert all(a.dtype == np.float32 for c in exercise.cases() for a in c.args[:3])
     for case in exercise.all_cases():
         rm, rv, x, momentum = case.args
         bn = nn.BatchNorm1d(x.shape[1], momentum=momentum)
@@ -384,19 +397,38 @@ def _loaded(bn: nn.Module) -> BatchNorm:
     return out
 
 
-def test_the_variance_ratio_exercise_is_where_flax_settles_against_torch():
+def test_the_variance_ratio_exercise_is_where_torch_settles_against_flax():
     from bncourse.exercises import EXERCISES
 
-    m = 16
-    bn = nn.BatchNorm1d(2, momentum=0.5, dtype=torch.float64)
     module = nnx.BatchNorm(2, axis=1, momentum=0.5, use_fast_variance=False, rngs=nnx.Rngs(0))
+    bn = ports.from_flax(module).double()              # the port to PyTorch, trained on
     g = torch.Generator().manual_seed(13)
     for _ in range(200):
-        x = torch.randn(m, 2, generator=g, dtype=torch.float64)
+        x = torch.randn(4, 2, 6, 6, generator=g, dtype=torch.float64)    # the exercise's shape
         bn(x)
         module(jnp.asarray(x.float().numpy()), use_running_average=False)
-    ratio = np.asarray(module.var[...], np.float64) / _np(bn.running_var)
+    ratio = _np(bn.running_var) / np.asarray(module.var[...], np.float64)
     np.testing.assert_allclose(ratio, EXERCISES["porting.variance_ratio"].value, rtol=1e-5)
+
+
+def test_the_freeze_port_exercise_is_what_nnx_train_does_to_a_frozen_bn_layer():
+    from bncourse.exercises import EXERCISES
+
+    model = nnx.Sequential(nnx.Linear(3, 3, rngs=nnx.Rngs(0)), nnx.BatchNorm(3, rngs=nnx.Rngs(0)))
+    bn = model.layers[1]
+    bn.eval()                                          # frozen, as in PyTorch
+    assert bn.use_running_average is True
+    model.train()                                      # the port's start of an epoch
+    assert bn.use_running_average is False
+    x = jnp.asarray(3.0 + 2.0 * np.random.default_rng(0).normal(size=(16, 3)), jnp.float32)
+    before = np.asarray(bn.mean[...]).copy()
+    h = model.layers[0](x)
+    y = np.asarray(model(x), np.float64)
+    assert not np.array_equal(np.asarray(bn.mean[...]), before)     # the statistics move
+    h = np.asarray(h, np.float64)
+    batch_normalized = (h - h.mean(0)) / np.sqrt(h.var(0) + bn.epsilon)
+    np.testing.assert_allclose(y, batch_normalized, rtol=1e-4, atol=1e-5)   # batch statistics
+    assert EXERCISES["porting.freeze_port"].answer == "b"
 
 
 def test_the_misport_exercise_is_what_keras3_stores():

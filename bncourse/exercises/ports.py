@@ -1,8 +1,10 @@
 """Exercises of chapter 7, porting BN between frameworks.
 
-``porting.misport_mean``'s and ``porting.variance_ratio``'s values and
-``porting.keras_update``'s reference are checked against the real Keras 3 and Flax layers in
-``tests/test_ports.py``.
+``porting.misport_mean``'s and ``porting.variance_ratio``'s values, ``porting.keras_update``'s
+reference and ``porting.freeze_port``'s answer are checked against the real Keras 3 and Flax
+layers in ``tests/test_ports.py``. ``porting.keras_update``'s cases are float32, the precision
+the Keras layer works in, so an answer that ports a layer and calls Keras is accepted as well as
+the update written out.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def _unconverted_unbiased(rm, rv, x, momentum):
 
 
 def keras_update_cases() -> list[Case]:
-    """``(running_mean, running_var, x, momentum)``: ranks 2 to 5, C = 1, PyTorch momenta."""
+    """``(running_mean, running_var, x, momentum)``, float32: ranks 2 to 5, C from 1 to 3,
+    PyTorch momenta."""
     r = np.random.default_rng(20261401)
     cases = []
     for label, shape, momentum in (
@@ -57,8 +60,9 @@ def keras_update_cases() -> list[Case]:
         ("a volume (2, 2, 2, 3, 3), momentum 0.1", (2, 2, 2, 3, 3), 0.1),
     ):
         c = shape[1]
-        cases.append(Case(label, (r.normal(0.0, 1.0, c), r.uniform(0.5, 2.0, c),
-                                  r.normal(1.0, 2.0, shape), momentum)))
+        cases.append(Case(label, (r.normal(0.0, 1.0, c).astype(np.float32),
+                                  r.uniform(0.5, 2.0, c).astype(np.float32),
+                                  r.normal(1.0, 2.0, shape).astype(np.float32), momentum)))
     return cases
 
 
@@ -130,25 +134,33 @@ MISPORT = NumberExercise(
 # Where the ported variance settles
 # --------------------------------------------------------------------------------------
 
-_M = 16
+_N, _H, _W = 4, 6, 6          # images per step and their height and width
+_M = _N * _H * _W             # values per channel in one batch
 
 VARIANCE_RATIO = NumberExercise(
     id="porting.variance_ratio",
     chapter=7,
-    title="Where a ported layer's variance settles",
-    value=(_M - 1) / _M,
+    title="Where a variance ported to PyTorch settles",
+    value=_M / (_M - 1),
     rtol=1e-6,
     hints=(
         "After many steps a moving average forgets where it started: it settles at the "
         "average of what each step puts in.",
-        "PyTorch puts in the batch variance divided by m - 1, Flax the one divided by m. "
-        "What is the ratio of the two for batches of m values?",
+        "How many values per channel does a BN layer after a convolution average over in one "
+        "batch? Every image and every position.",
+        "PyTorch puts in the batch variance divided by m - 1, Flax the one divided by m.",
     ),
     mistakes=(
-        Mistake("inverted", "that is PyTorch's over Flax's; the question asks for Flax's "
-                            "settled variance over PyTorch's.", _M / (_M - 1)),
+        Mistake("inverted", "that is Flax's over PyTorch's; the question asks for PyTorch's "
+                            "settled variance over Flax's.", (_M - 1) / _M),
         Mistake("unchanged", "the two libraries store different batch variances: Flax's "
                              "divides by m, PyTorch's by m - 1.", 1.0),
+        Mistake("images_only", "m counts every value a channel's statistics average over: "
+                               "the images times the positions, N * H * W, not N.",
+                _N / (_N - 1)),
+        Mistake("positions_only", "m counts every value a channel's statistics average over: "
+                                  "all the images of the batch, not one image's positions.",
+                (_H * _W) / (_H * _W - 1)),
     ),
 )
 
@@ -159,27 +171,29 @@ VARIANCE_RATIO = NumberExercise(
 FREEZE_PORT = ChoiceExercise(
     id="porting.freeze_port",
     chapter=7,
-    title="A fine-tuning recipe moved from Keras to PyTorch",
+    title="A frozen-BN recipe moved from PyTorch to Flax NNX",
     options={
-        "a": "nothing changes: both stop gamma and beta, and nothing else moves",
-        "b": "the running statistics now move at every training step, and the layer "
-             "normalizes with each batch's statistics instead of the stored ones",
-        "c": "gamma and beta now train, and the running statistics stay fixed",
-        "d": "the layer now normalizes with its running statistics but updates them",
+        "a": "what they did in PyTorch: they normalize with their fixed running statistics, "
+             "and scale and bias stay fixed",
+        "b": "they normalize with each batch's statistics and update the running statistics "
+             "at every step; scale and bias stay fixed",
+        "c": "scale and bias train, and the running statistics stay fixed",
+        "d": "they normalize with their running statistics but update them at every step",
     },
     answer="b",
     hints=(
-        "What does Keras' trainable=False do to the layer's mode, and what does "
-        "requires_grad_(False) do to it?",
-        "In PyTorch, the mode comes from train()/eval(), which requires_grad does not touch.",
+        "Which attribute of an NNX BatchNorm decides between batch and running statistics, "
+        "and what do the model's train() and eval() do to it?",
+        "Leaving scale and bias out of the optimizer freezes them; it does nothing to the mode.",
     ),
     mistakes=(
-        Mistake("same", "Keras' trainable=False also puts the layer in inference mode; "
-                        "requires_grad_(False) leaves a PyTorch layer in training mode.", "a"),
-        Mistake("reversed", "requires_grad_(False) is exactly what stops gamma and beta; it "
-                            "is the running statistics that it leaves alone.", "c"),
-        Mistake("half", "a layer in training mode normalizes with the batch's statistics, "
-                        "not the running ones, and it updates the running ones too.", "d"),
+        Mistake("same", "NNX's model.train() sets use_running_average=False on every "
+                        "BatchNorm inside the model, so the BN layers are back in training "
+                        "mode; the port needs .eval() on them after each model.train().", "a"),
+        Mistake("reversed", "scale and bias are left out of the optimizer's update, so they "
+                            "stay; it is the running statistics that move.", "c"),
+        Mistake("half", "with use_running_average=False the layer normalizes with the batch's "
+                        "statistics, not the running ones, and updates the running ones.", "d"),
     ),
 )
 
