@@ -473,9 +473,15 @@ def _core_backward(ctx, dy, _dmean, _dvar, dx_hat, dinv_std):
     if dy is None and dx_hat is None and dinv_std is None:
         return None, None, None, None, None, None, None
     dx, dgamma, dbeta = compact_backward(dy, x_hat, inv_std, weight, dx_hat, dinv_std)
-    if dgamma is not None and weight is not None:
+    return _backward_result(ctx, weight, dx, dgamma, dbeta)
+
+
+def _backward_result(ctx, weight, dx, dgamma, dbeta):
+    """The seven gradients a core Function returns: parameters' in their own dtypes, and
+    ``None`` for inputs that need none."""
+    if dgamma is not None and weight is not None and dgamma.dtype != weight.dtype:
         dgamma = dgamma.to(weight.dtype)
-    if dbeta is not None and ctx.bias_dtype is not None:
+    if dbeta is not None and ctx.bias_dtype is not None and dbeta.dtype != ctx.bias_dtype:
         dbeta = dbeta.to(ctx.bias_dtype)
     return (
         dx if ctx.needs_input_grad[0] else None,
@@ -638,16 +644,7 @@ def _eager_backward(ctx, dy, _dmean, _dvar):
             dx = dx.to(x.dtype)
     else:
         dx, dgamma, dbeta = _eager_first_order(dy, x, mean, inv_std, weight)
-    if weight is not None and dgamma.dtype != weight.dtype:
-        dgamma = dgamma.to(weight.dtype)
-    if ctx.bias_dtype is not None and dbeta.dtype != ctx.bias_dtype:
-        dbeta = dbeta.to(ctx.bias_dtype)
-    return (
-        dx if ctx.needs_input_grad[0] else None,
-        dgamma if ctx.needs_input_grad[1] else None,
-        dbeta if ctx.needs_input_grad[2] else None,
-        None, None, None, None,
-    )
+    return _backward_result(ctx, weight, dx, dgamma, dbeta)
 
 
 def _eager_jvp(ctx, tx, tw, tb, *_):
