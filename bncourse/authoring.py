@@ -593,7 +593,7 @@ mistake when it is a common one) or *Not attempted*. The kit holds:
 
 ## Three commands
 
-With Python 3.10 or newer, in this folder:
+With Python 3.11 or newer, in this folder:
 
 ```bash
 python3 -m venv .venv
