@@ -11,6 +11,9 @@ Layers, each using only those above it:
   training loops and data.
 * ``bncourse.normalization``: the family of normalizations as a choice of axes, ghost BN.
 * ``bncourse.distributed``: synchronized BN on ``torch.distributed`` and its launcher.
+* ``bncourse.ports``: BN layers and small networks converted to and from Keras 3 and Flax NNX.
+* ``bncourse.doctor``: ``diagnose(model, example_input)``, the common BN pitfalls of a model
+  (``python -m bncourse.doctor module:factory``).
 * ``bncourse.bench``: the benchmark behind ``make bench``.
 * ``bncourse.claims``: glue a computed number into the prose, assert a checked statement.
 * ``bncourse.exercises``: auto-checked exercises and their catalogues of mistakes.
@@ -36,7 +39,7 @@ _LAZY_ATTRIBUTES = {
 _LAZY_MODULES = {
     "layer", "gradcheck", "jacobian", "memory", "analysis", "networks", "invariance",
     "freezing", "training", "exercises", "plotting", "authoring", "bench", "claims",
-    "inference", "normalization", "distributed",
+    "inference", "normalization", "distributed", "ports", "doctor",
 }
 
 __all__ = ["functional", "BatchNorm", "BatchNormFunction", *sorted(_LAZY_MODULES)]
