@@ -501,7 +501,7 @@ def _static_findings(name: str, bn: Any) -> list[Finding]:
             f"BN {label} stores its running statistics in {' and '.join(half)}: the moving "
             f"average rounds to about 3 significant digits (float16) or 2 (bfloat16) at every "
             f"update, so updates smaller than half a unit in the last place are lost and the "
-            f"statistics stall or drift, and float16 overflows above 65504 (chapter 5). Fix: "
+            f"statistics stall or drift, and float16 overflows above 65504 (chapter 9). Fix: "
             f"keep BN layers in float32 (autocast and mixed-precision wrappers do: the layer "
             f"takes a half-precision input with float32 parameters and buffers).")))
     return found
