@@ -12,6 +12,31 @@ gradients with respect to the input, ``gamma`` and ``beta``) of:
 * ``compiled``: :func:`bncourse.layer.compiled_batch_norm`, the compact formulas through
   ``torch.compile`` (opt-in: the compile time of each shape is reported on its own).
 
+The composite floor (``floor`` in the table, ``floor`` in the JSON, apart from the rows):
+:func:`floor_step`, the ATen calls of the layer's eager path, forward with the
+running-statistics update and first-order backward, with nothing else (no module, no checks,
+no autograd Function), timed in the same interleaved loop. It is the best a layer written
+with torch's elementwise and reduction ops reaches: ``bncourse / floor`` is what Python,
+autograd and checks cost; ``floor / torch`` is what separate kernels cost against torch's
+fused ones, which no rewriting in such ops removes. Passes over input-sized tensors (a
+read or a write of one is a pass; :data:`PASSES`):
+
+* torch (``aten/src/ATen/native/cpu/batch_norm_kernel.cpp``): 9. The forward reads x for
+  the mean, again for the centred sum of squares, and once more to write y (4); the
+  backward reads dy and x for the sums of dy and dy * (x - mean), then dy and x again to
+  write dx (5). For an (N, C, H, W) input the statistics loop is scalar, one channel at a
+  time; for (N, C) and channels_last it is vectorized along the channels.
+* floor, (N, C): 18. Forward: mean (1), x - mean (2), squared in place (2), its mean (1),
+  y = x * scale + shift into that buffer (2); backward: sum of dy (1), x * dy (3), its sum
+  (1), a * x + b (2), + scale * dy in place (3).
+* floor, (N, C, *spatial): 20. Forward: mean (1), x - mean (2), one norm per (sample,
+  channel) row (1), times scale (2), plus beta (2); backward: sum of dy (1), x * dy (3), its
+  sum (1), a * x (2), + b (2), + scale * dy (3).
+* bncourse: the floor's passes, 8 more calls on per-channel vectors or scalars (the
+  cancellation guard 4, the running statistics 2 more, as ``mul_`` and ``add_`` where the
+  floor calls ``lerp_``, ``num_batches_tracked`` 1, the backward's ``gamma / sigma`` 1), and
+  its Python: module, checks, autograd Function and the autograd engine.
+
 Timing: after a warm-up, every repetition runs each variant once, in an order that rotates
 from one repetition to the next, so slow phases of a shared machine hit all variants alike.
 The table gives each variant's median time and its ratio to torch: the median, over
@@ -85,6 +110,10 @@ __all__ = [
     "Inputs",
     "make_inputs",
     "make_forward",
+    "make_step",
+    "floor_step",
+    "FLOOR",
+    "PASSES",
     "forward_backward",
     "saved_for_backward",
     "Timing",
@@ -103,6 +132,12 @@ SHAPES: tuple[tuple[int, ...], ...] = (
     (256, 1024), (4096, 256), (64, 64, 32, 32), (16, 256, 14, 14)
 )
 VARIANTS: tuple[str, ...] = ("torch", "bncourse", "staged", "compiled")
+#: The composite floor (:func:`floor_step`): timed with the variants, reported apart.
+FLOOR = "floor"
+#: Passes over tensors of the input's size (each read or write of one is a pass) in one
+#: step: torch's CPU kernels, and the composite floor, which are also the passes of the
+#: layer's eager path (see the module docstring).
+PASSES: dict[str, int] = {"torch": 9, "floor (N, C)": 18, "floor (N, C, *spatial)": 20}
 EPS = 1e-5
 #: The batch of the compiled-network comparison: 32 RGB images of 24 x 24.
 NET_INPUT: tuple[int, ...] = (32, 3, 24, 24)
@@ -204,6 +239,65 @@ def forward_backward(
     return y, dx, dgamma, dbeta
 
 
+def floor_step(inputs: Inputs, momentum: float = 0.1) -> Callable[[], tuple[Tensor, ...]]:
+    """The composite floor: one training step as bare tensor ops, without autograd.
+
+    The same ATen calls as the eager path of :class:`bncourse.BatchNorm` (forward with the
+    running-statistics update, first-order backward), with nothing around them: no module,
+    no checks, no autograd Function, no graph; ``gamma``, ``beta`` and the running buffers
+    are allocated once, outside the step. No layer made of torch's elementwise and reduction
+    ops can do a step in fewer calls and passes, so its ratio to torch is the best such a
+    layer reaches; the module docstring counts the passes. Returns a function that runs one
+    step and returns ``(y, dx, dgamma, dbeta)``; the running buffers are its attributes
+    ``running_mean`` and ``running_var``.
+    """
+    x, dy = inputs.x.detach(), inputs.dy
+    gamma, beta = inputs.gamma.detach().clone(), inputs.beta.detach().clone()
+    c = x.shape[1]
+    m = x.numel() // c
+    dims = [0, *range(2, x.dim())]
+    pc = (1, -1) + (1,) * (x.dim() - 2)
+    running_mean = torch.zeros(c, dtype=x.dtype, device=x.device)
+    running_var = torch.ones(c, dtype=x.dtype, device=x.device)
+    unbias, rows, n = m / (m - 1), x.dim() > 2 and x.is_contiguous(), x.shape[0]
+
+    def step() -> tuple[Tensor, ...]:
+        with torch.no_grad():
+            # forward: statistics, y = x * scale + shift, running statistics
+            mean = x.mean(dims)
+            buf = x - mean.view(pc)
+            if rows:
+                var = torch.linalg.vector_norm(buf.view(n * c, -1), dim=1).square_()
+                var = var.view(n, c).sum(0).div_(m)
+                inv_std = (var + EPS).rsqrt_()
+                scale = inv_std * gamma
+                y = buf.mul_(scale.view(pc)).add_(beta.view(pc))
+            else:
+                var = buf.square_().mean(dims)
+                inv_std = (var + EPS).rsqrt_()
+                scale = inv_std * gamma
+                shift = torch.addcmul(beta, mean, scale, value=-1)
+                y = torch.addcmul(shift.view(pc), x, scale.view(pc), out=buf)
+            running_mean.lerp_(mean, momentum)
+            running_var.lerp_(var * unbias, momentum)
+            # backward: the sums of dy and dy * x, then dx = a * x + b + scale * dy
+            dbeta = dy.sum(dims)
+            prod = x * dy
+            dgamma = torch.addcmul(prod.sum(dims), mean, dbeta, value=-1).mul_(inv_std)
+            a = (scale * inv_std).mul_(dgamma).mul_(-1.0 / m)
+            b = (scale * dbeta).mul_(-1.0 / m).addcmul_(a, mean, value=-1)
+            if x.dim() == 2:
+                dx = torch.addcmul(b.view(pc), x, a.view(pc), out=prod)
+            else:
+                dx = torch.mul(x, a.view(pc), out=prod).add_(b.view(pc))
+            dx.addcmul_(dy, scale.view(pc))
+        return y, dx, dgamma, dbeta
+
+    step.running_mean = running_mean  # type: ignore[attr-defined]
+    step.running_var = running_var  # type: ignore[attr-defined]
+    return step
+
+
 def saved_for_backward(variant: str, inputs: Inputs) -> SavedTensors:
     """What the forward pass of ``variant`` saves for its backward pass (shapes and bytes)."""
     forward, _ = make_forward(variant, inputs)
@@ -235,15 +329,22 @@ class Timing:
         return self.paired_ratio(variant).median
 
 
-def _one_step(forward: Forward, params: list[Tensor], inputs: Inputs) -> float:
-    cuda = inputs.x.device.type == "cuda"
+def _one_step(step: Callable[[], object], cuda: bool) -> float:
     if cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    forward_backward(forward, params, inputs)
+    step()
     if cuda:
         torch.cuda.synchronize()
     return time.perf_counter() - t0
+
+
+def make_step(variant: str, inputs: Inputs) -> Callable[[], object]:
+    """One timed step of ``variant``: forward and backward (:data:`FLOOR` included)."""
+    if variant == FLOOR:
+        return floor_step(inputs)
+    forward, params = make_forward(variant, inputs)
+    return lambda: forward_backward(forward, params, inputs)
 
 
 def time_shape(
@@ -252,15 +353,16 @@ def time_shape(
 ) -> Timing:
     """Interleaved timing of ``variants`` (which must include ``"torch"``) on one shape."""
     inputs = make_inputs(shape, torch.float32, seed, device)
-    steps = {v: make_forward(v, inputs) for v in variants}
+    cuda = inputs.x.device.type == "cuda"
+    steps = {v: make_step(v, inputs) for v in variants}
     compile_seconds = None
     if "compiled" in steps:
         # The first call compiles the forward and the backward for this shape.
-        compile_seconds = _one_step(*steps["compiled"], inputs)
+        compile_seconds = _one_step(steps["compiled"], cuda)
     warm: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(settings["warmup"]):
         for v in variants:
-            warm[v].append(_one_step(*steps[v], inputs))
+            warm[v].append(_one_step(steps[v], cuda))
     # Size the run from the warm-up speed: as many repetitions as the budget allows.
     t_rep = sum(statistics.median(warm[v][len(warm[v]) // 2:]) for v in variants)
     reps = int(settings["budget_s"] / max(t_rep, 1e-9))
@@ -276,7 +378,7 @@ def time_shape(
                 break  # the machine got slower than the warm-up said; keep the run short
             for j in range(k):
                 v = variants[(i + j) % k]
-                times[v].append(_one_step(*steps[v], inputs))
+                times[v].append(_one_step(steps[v], cuda))
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -467,6 +569,7 @@ def run(
     rows: list[dict] = []
     pairs: dict[str, dict[str, dict]] = {}
     compile_seconds: dict[str, float] = {}
+    floor: dict[str, dict] = {}
     widths = (18, 9, 10, 7, 15, 9, 12)
     header = ("shape", "variant", "median ms", "ratio", "95% interval", "saved MB",
               "act. saved")
@@ -488,7 +591,7 @@ def run(
     _print_row(header, widths)
     try:
         _run_shapes(shapes, variants, settings, seed, widths, rows, pairs, compile_seconds,
-                    device)
+                    floor, device)
     finally:
         if cache_dir is not None:
             if cache_env is None:
@@ -528,6 +631,7 @@ def run(
         "rows": rows,
         "paired_ratios": pairs,
         "compile_seconds": compile_seconds,
+        "floor": {"passes": dict(PASSES), "shapes": floor},
         "compiled_network": network,
     }
     if out is not None:
@@ -547,15 +651,22 @@ def _run_shapes(
     rows: list[dict],
     pairs: dict[str, dict[str, dict]],
     compile_seconds: dict[str, float],
+    floor: dict[str, dict],
     device: str = "cpu",
 ) -> None:
     for shape in shapes:
-        timing = time_shape(shape, variants, settings, seed, device)
+        timing = time_shape(shape, [*variants, FLOOR], settings, seed, device)
         inputs = make_inputs(shape, torch.float32, seed, device)
         numel = inputs.x.numel()
         pairs[shape_key(shape)] = {
             f"{a}/{b}": _ratio_record(timing.paired_ratio(a, b))
             for a in variants for b in variants if a != b
+        }
+        floor[shape_key(shape)] = {
+            "median_ms": round(timing.median_ms(FLOOR), 4),
+            **{f"{a}/{b}": _ratio_record(timing.paired_ratio(a, b))
+               for a, b in ((FLOOR, "torch"), ("bncourse", FLOOR)) if a in timing.times
+               and b in timing.times},
         }
         for v in variants:
             saved = saved_for_backward(v, inputs)
@@ -583,6 +694,9 @@ def _run_shapes(
                 ),
                 widths,
             )
+        f = timing.paired_ratio(FLOOR)
+        _print_row(("", FLOOR, f"{timing.median_ms(FLOOR):.3f}", f"{f.median:.2f}",
+                    f"{f.low:.2f}-{f.high:.2f}", "", ""), widths)
         print(f"{'':{widths[0]}}  ({timing.reps} interleaved repetitions)")
         if timing.compile_seconds is not None:
             compile_seconds[shape_key(shape)] = round(timing.compile_seconds, RATIO_DECIMALS)

@@ -193,7 +193,7 @@ def test_quick_run_writes_json_with_the_documented_schema(tmp_path, capsys):
 
     data = json.loads(out.read_text())
     assert set(data) == {"command", "machine", "load_average", "settings", "confidence", "dtype",
-                         "shapes", "rows", "paired_ratios", "compile_seconds",
+                         "shapes", "rows", "paired_ratios", "compile_seconds", "floor",
                          "compiled_network"}, set(data)
     assert data["command"] == (
         f"python -m bncourse.bench --quick --no-compile --shapes 6x3 4x3x2x2 --out {out}"
@@ -240,6 +240,63 @@ def test_quick_run_writes_json_with_the_documented_schema(tmp_path, capsys):
             f"{r['variant']} {r['shape']}: JSON says {r['saved_bytes']} bytes, "
             f"saved_tensors measures {expected}"
         )
+
+
+    assert data["floor"]["passes"] == bench.PASSES
+    assert set(data["floor"]["shapes"]) == {"6x3", "4x3x2x2"}
+    for key, record in data["floor"]["shapes"].items():
+        assert set(record) == {"median_ms", "floor/torch", "bncourse/floor"}, record
+        assert record["median_ms"] > 0, record
+        for name in ("floor/torch", "bncourse/floor"):
+            r = record[name]
+            assert 0 < r["low"] <= r["median"] <= r["high"] and r["n"] >= 6, (key, name, r)
+
+
+# ---------------------------------------------------------------------------------------
+# The composite floor
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_floor_step_computes_torchs_step_and_running_statistics(shape):
+    inputs = bench.make_inputs(shape, torch.float64, seed=2)
+    step = bench.floor_step(inputs, momentum=0.1)
+    layer, params = bench.make_forward("torch", inputs)
+    for _ in range(2):  # the running statistics move twice, from the same start
+        got = step()
+        want = bench.forward_backward(layer, params, inputs)
+    for name, g, w in zip(("y", "dx", "dgamma", "dbeta"), got, want, strict=True):
+        assert g.shape == w.shape and g.dtype == torch.float64, (name, g.shape, g.dtype)
+        err = float((g - w.detach()).abs().max() / w.detach().abs().max())
+        assert err < 1e-12, f"floor {name} differs from torch's layer by {err:.1e}, {shape}"
+    for name in ("running_mean", "running_var"):
+        err = float((getattr(step, name) - getattr(layer, name)).abs().max())
+        assert err < 1e-12, f"floor {name} differs from torch's layer by {err:.1e}, {shape}"
+
+
+def _input_sized_passes(kernels: list[tuple[str, int]], nbytes: int) -> int:
+    """Passes over input-sized tensors: a kernel's bytes over the input's, rounded down (its
+    per-channel vectors are smaller than one), less the output buffer an ``.out`` kernel
+    receives as an argument, which it writes and does not read."""
+    return sum(b // nbytes - (1 if name.endswith(".out") else 0) for name, b in kernels)
+
+
+@pytest.mark.parametrize("shape, key", [((256, 64), "floor (N, C)"),
+                                        ((16, 8, 6, 6), "floor (N, C, *spatial)")])
+def test_floor_and_layer_make_the_passes_the_docstring_counts(shape, key):
+    from bncourse.analysis import _TrafficCounter
+
+    inputs = bench.make_inputs(shape)
+    nbytes = inputs.x.numel() * inputs.x.element_size()
+    step = bench.floor_step(inputs)
+    with _TrafficCounter() as floor:
+        step()
+    forward, params = bench.make_forward("bncourse", inputs)
+    with _TrafficCounter() as ours:
+        bench.forward_backward(forward, params, inputs)
+    assert _input_sized_passes(floor.by_kernel, nbytes) == bench.PASSES[key], floor.by_kernel
+    assert _input_sized_passes(ours.by_kernel, nbytes) == bench.PASSES[key], ours.by_kernel
+    assert ours.kernels - floor.kernels == 8, (ours.kernels, floor.kernels)
 
 
 def test_paired_ratios_cover_every_ordered_pair_of_variants(tmp_path):
