@@ -170,12 +170,25 @@ class InputDtypeError(ValueError, NotImplementedError):
     """An input of a non-floating dtype (torch raises ``NotImplementedError``, a RuntimeError)."""
 
 
-def _dims(x: Tensor) -> list[int]:
-    return [0, *range(2, x.dim())]
+# The reduced axes and the per-channel view shape of each rank, built once: the layer asks
+# for them several times a step, and a cached tuple is cheaper than a new list each time.
+_REDUCED_AXES = {d: (0, *range(2, d)) for d in range(2, 9)}
+_PER_CHANNEL_SHAPES = {d: (1, -1) + (1,) * (d - 2) for d in range(3, 9)}
+
+
+def _dims(x: Tensor) -> tuple[int, ...]:
+    """The axes a per-channel statistic reduces: every axis but the channels' (axis 1)."""
+    d = x.dim()
+    return _REDUCED_AXES[d] if d in _REDUCED_AXES else (0, *range(2, d))
 
 
 def _per_channel(v: Tensor, x: Tensor) -> Tensor:
-    return v.view((1, -1) + (1,) * (x.dim() - 2))
+    """The per-channel vector ``v`` (shape ``(C,)``), shaped to broadcast against ``x``."""
+    d = x.dim()
+    if d == 2:
+        return v  # (C,) broadcasts along the last axis of (N, C) as it is: no view to make
+    shape = _PER_CHANNEL_SHAPES[d] if d in _PER_CHANNEL_SHAPES else (1, -1) + (1,) * (d - 2)
+    return v.view(shape)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -546,6 +559,9 @@ def _eager_forward(ctx, x, weight, bias, eps, running_mean, running_var, momentu
     saved_weight = weight
     if weight is not None and weight.dtype != compute:
         weight = weight.to(compute)
+    bias_dtype = None if bias is None else bias.dtype
+    if bias is not None and bias.dtype != compute:  # no call at all when it needs no cast
+        bias = bias.to(compute)
     m = _values_per_channel(x)
     mean = xc.mean(dim=dims)
     buf = xc - _per_channel(mean, x)
@@ -560,13 +576,13 @@ def _eager_forward(ctx, x, weight, bias, eps, running_mean, running_var, momentu
         # Two broadcast operands in one kernel are slower than two passes with one each.
         y = buf.mul_(_per_channel(scale, x))
         if bias is not None:
-            y = y.add_(_per_channel(bias.to(compute), x))
+            y = y.add_(_per_channel(bias, x))
     else:
         var = buf.square_().mean(dim=dims)
         inv_std = torch.rsqrt(var + eps)
         scale = inv_std if weight is None else inv_std * weight
         shift = (torch.mul(mean, scale).neg_() if bias is None
-                 else torch.addcmul(bias.to(compute), mean, scale, value=-1))
+                 else torch.addcmul(bias, mean, scale, value=-1))
         if x.dim() == 2:
             # Per-channel vectors run along the contiguous axis: one fused pass.
             y = torch.addcmul(_per_channel(shift, x), xc, _per_channel(scale, x), out=buf)
@@ -582,7 +598,7 @@ def _eager_forward(ctx, x, weight, bias, eps, running_mean, running_var, momentu
     ctx.mark_non_differentiable(mean, var)
     ctx.set_materialize_grads(False)
     ctx.eps = eps
-    ctx.bias_dtype = None if bias is None else bias.dtype
+    ctx.bias_dtype = bias_dtype
     return y, mean, var
 
 
@@ -835,16 +851,30 @@ def batch_norm(
     float16/bfloat16 inputs are computed in float32 and returned in their own dtype.
     """
     _check_input(x)
+    return _batch_norm_checked_input(x, running_mean, running_var, weight, bias, training,
+                                     momentum, eps)
+
+
+def _batch_norm_checked_input(x, running_mean, running_var, weight, bias, training, momentum,
+                              eps):
+    """:func:`batch_norm` for an ``x`` that passed :func:`_check_input` (the layer checks it
+    first, as torch's does, and need not check it twice)."""
     c = x.shape[1]
     for name, v in (("running_mean", running_mean), ("running_var", running_var),
                     ("weight", weight), ("bias", bias)):
-        if v is not None and tuple(v.shape) != (c,):
+        if v is not None and v.shape != (c,):  # torch.Size is a tuple: no conversion
             raise ShapeMismatchError(
                 f"{name} must have shape (C,) = ({c},), one value per channel; "
                 f"got {tuple(v.shape)}"
             )
-    _check_dtypes(x, weight=weight, bias=bias, running_mean=running_mean,
-                  running_var=running_var)
+    dtype = x.dtype
+    # The usual case, every tensor in the input's dtype, without building the keyword
+    # arguments of the general rule.
+    if not ((weight is None or weight.dtype == dtype) and (bias is None or bias.dtype == dtype)
+            and (running_mean is None or running_mean.dtype == dtype)
+            and (running_var is None or running_var.dtype == dtype)):
+        _check_dtypes(x, weight=weight, bias=bias, running_mean=running_mean,
+                      running_var=running_var)
     x = _torch_layout(x)
     if training:
         if (running_mean is None) != (running_var is None):
@@ -963,15 +993,17 @@ class BatchNorm(_BatchNorm):
             self.num_batches_tracked.add_(1)
             if self.momentum is None:
                 factor = 1.0 / float(self.num_batches_tracked)
+        # Buffers are looked up once (each lookup goes through Module.__getattr__).
+        running_mean, running_var = self.running_mean, self.running_var
         if self.training:
             use_batch_stats = True
         else:
-            use_batch_stats = self.running_mean is None and self.running_var is None
+            use_batch_stats = running_mean is None and running_var is None
         track = not self.training or self.track_running_stats
-        return batch_norm(
+        return _batch_norm_checked_input(
             x,
-            self.running_mean if track else None,
-            self.running_var if track else None,
+            running_mean if track else None,
+            running_var if track else None,
             self.weight,
             self.bias,
             training=use_batch_stats,
