@@ -37,8 +37,12 @@ read or a write of one is a pass; :data:`PASSES`):
   floor calls ``lerp_``, ``num_batches_tracked`` 1, the backward's ``gamma / sigma`` 1), and
   its Python: module, checks, autograd Function and the autograd engine.
 
-Timing: after a warm-up, every repetition runs each variant once, in an order that rotates
-from one repetition to the next, so slow phases of a shared machine hit all variants alike.
+Timing: after a warm-up, every repetition runs each variant once, in a random order drawn
+afresh for every repetition (seeded), so slow phases of a shared machine hit all variants alike
+and no variant always runs after the same one: what a step costs depends on the state the one
+before it leaves behind (a variant that frees large buffers just before another allocates
+them changes how many pages the allocator must map anew), and an order that only rotates
+would give each variant the same predecessor at every repetition.
 The table gives each variant's median time and its ratio to torch: the median, over
 repetitions, of ``t_variant / t_torch`` within the same repetition (a paired ratio, far
 steadier than a ratio of two medians on a noisy machine), with its 95% distribution-free
@@ -46,13 +50,22 @@ interval (:func:`bncourse.claims.paired_ratio`). The JSON also keeps that summar
 ordered pair of variants (``paired_ratios``), so that a text comparing any two of them can
 state the spread and assert the order.
 
-A compiled network: the layer inside a small convolutional network (two blocks of
-convolution, BN and ReLU; :data:`NET_INPUT` is the batch), the whole network compiled by
-``torch.compile`` (inductor), one training step (forward, loss, backward), against the same
-network with torch's ``BatchNorm2d`` compiled the same way; interleaved like the shapes and
-reported as the paired ratio ``bncourse / torch`` with its interval (``compiled_network`` in
-the JSON). This is how a user meets the layer under the compiler: Dynamo traces it into the
-network's graph, and inductor fuses it with the convolutions' neighbours.
+A network: the layer inside a small convolutional network (two blocks of convolution, BN
+and ReLU; :data:`NET_INPUT` is the batch), one training step (forward, mean-square loss,
+backward; no optimizer update), with torch's ``BatchNorm2d``, with ours, and with
+``torch.nn.Identity`` in place of BN, each network compiled whole by ``torch.compile``
+(inductor) and each eager: six networks, interleaved like the shapes
+(:data:`NET_VARIANTS`, ``compiled_network`` in the JSON). Compiled is how a user meets the
+layer under the compiler: Dynamo traces it into the network's graph, and inductor fuses it
+with the convolutions' neighbours. The JSON keeps the paired ratio ``bncourse / torch``
+compiled (``ratio``) and eager (``eager_ratio``), and the step with torch's BN over the step
+with ``Identity`` (``bn_over_identity``), whose inverse subtracted from one is BN's share of
+torch's step: a layer that alone takes ``r`` times torch's time makes the step about
+``1 + share * (r - 1)`` times longer.
+
+The intervals measure the noise within one run, repetition against repetition. Two runs of
+unchanged code differ by more than that (the load of the machine, where the allocator puts
+the tensors, what else uses the caches), so two tables' intervals may be disjoint.
 
 Record: the JSON names the command that regenerates it (``command``), the number of
 repetitions of each shape, the settings, the date, and the machine's load average (one
@@ -87,6 +100,7 @@ import gc
 import json
 import os
 import platform
+import random
 import shlex
 import shutil
 import statistics
@@ -120,7 +134,9 @@ __all__ = [
     "time_shape",
     "conv_net",
     "time_compiled_network",
+    "network_record",
     "NET_INPUT",
+    "NET_VARIANTS",
     "check_device",
     "machine_info",
     "command_line",
@@ -143,6 +159,13 @@ EPS = 1e-5
 NET_INPUT: tuple[int, ...] = (32, 3, 24, 24)
 #: Channels of the two convolutions in that network.
 NET_CHANNELS = 16
+#: The networks of that comparison: name -> (BN layer, compiled). ``torch`` and ``bncourse``
+#: are compiled; ``identity`` has ``torch.nn.Identity`` in place of BN, to measure BN's share.
+NET_VARIANTS: dict[str, tuple[str, bool]] = {
+    "torch": ("torch", True), "bncourse": ("bncourse", True), "identity": ("identity", True),
+    "torch eager": ("torch", False), "bncourse eager": ("bncourse", False),
+    "identity eager": ("identity", False),
+}
 DEFAULT_OUT = Path("book/data/bench.json")
 DEFAULT_OUT_CUDA = Path("book/data/bench-cuda.json")
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
@@ -369,6 +392,7 @@ def time_shape(
     reps = max(settings["min_reps"], min(settings["max_reps"], reps))
     times: dict[str, list[float]] = {v: [] for v in variants}
     k = len(variants)
+    order = random.Random(0)  # a new order every repetition (see the module's docstring)
     gc_was_enabled = gc.isenabled()
     gc.disable()
     deadline = time.perf_counter() + 2.0 * settings["budget_s"]
@@ -376,8 +400,7 @@ def time_shape(
         for i in range(reps):
             if i >= settings["min_reps"] and time.perf_counter() > deadline:
                 break  # the machine got slower than the warm-up said; keep the run short
-            for j in range(k):
-                v = variants[(i + j) % k]
+            for v in order.sample(variants, k):
                 times[v].append(_one_step(steps[v], cuda))
     finally:
         if gc_was_enabled:
@@ -412,25 +435,42 @@ def _net_step(net: Callable[[Tensor], Tensor], params: list[Tensor], x: Tensor) 
     return time.perf_counter() - t0
 
 
-def time_compiled_network(settings: dict, seed: int = 0, device: str = "cpu") -> Timing:
-    """One training step of :func:`conv_net` compiled whole, torch's BN against ours.
+def _net_bn(kind: str) -> Callable[[int], torch.nn.Module]:
+    if kind == "torch":
+        return torch.nn.BatchNorm2d
+    if kind == "bncourse":
+        return BatchNorm
+    if kind == "identity":
+        return lambda channels: torch.nn.Identity()
+    raise ValueError(f"unknown BN layer {kind!r} for the network; expected one of "
+                     f"{sorted({k for k, _ in NET_VARIANTS.values()})}")
 
-    Both networks are compiled with ``torch.compile`` (inductor, ``fullgraph=True``: a graph
-    break would raise) and timed interleaved; ``compile_seconds`` is the first step of both.
+
+def time_compiled_network(settings: dict, seed: int = 0, device: str = "cpu") -> Timing:
+    """One training step of :func:`conv_net`: compiled whole and eager, each BN layer.
+
+    The six networks of :data:`NET_VARIANTS` (torch's BN, ours and ``Identity`` in its
+    place; each compiled with ``torch.compile``, inductor, ``fullgraph=True`` so that a graph
+    break would raise, and each eager) are timed in one interleaved loop, so that every
+    paired ratio between them is taken within the same repetitions. ``compile_seconds`` is
+    the first step of the two compiled networks with a BN layer.
     """
     import torch._dynamo
 
     torch._dynamo.reset()
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(NET_INPUT, generator=g).to(device)
-    nets = {"torch": conv_net(torch.nn.BatchNorm2d, seed=seed, device=device),
-            "bncourse": conv_net(BatchNorm, seed=seed, device=device)}
-    nets["bncourse"].load_state_dict(nets["torch"].state_dict())
-    steps = {v: (torch.compile(net, fullgraph=True), list(net.parameters()))
-             for v, net in nets.items()}
+    reference = conv_net(torch.nn.BatchNorm2d, seed=seed, device=device).state_dict()
+    steps: dict[str, tuple[Callable[[Tensor], Tensor], list[Tensor]]] = {}
+    for v, (kind, compiled) in NET_VARIANTS.items():
+        net = conv_net(_net_bn(kind), seed=seed, device=device)
+        # Same convolutions everywhere; the BN layers start from torch's (Identity has none).
+        net.load_state_dict(reference, strict=kind != "identity")
+        steps[v] = (torch.compile(net, fullgraph=True) if compiled else net,
+                    list(net.parameters()))
     t0 = time.perf_counter()
-    for fn, params in steps.values():
-        _net_step(fn, params, x)
+    for v in ("torch", "bncourse"):
+        _net_step(*steps[v], x)
     compile_seconds = time.perf_counter() - t0
     variants = list(steps)
     for _ in range(settings["warmup"]):
@@ -443,15 +483,39 @@ def time_compiled_network(settings: dict, seed: int = 0, device: str = "cpu") ->
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        for i in range(reps):
-            for j in range(len(variants)):
-                v = variants[(i + j) % len(variants)]
+        order = random.Random(0)
+        for _ in range(reps):
+            for v in order.sample(variants, len(variants)):
                 times[v].append(_net_step(*steps[v], x))
     finally:
         if gc_was_enabled:
             gc.enable()
     torch._dynamo.reset()
     return Timing(tuple(NET_INPUT), times, compile_seconds)
+
+
+def network_record(timing: Timing) -> dict:
+    """The ``compiled_network`` entry of the JSON from :func:`time_compiled_network`'s timing.
+
+    ``ratio``: compiled, ours over torch's; ``eager_ratio``: the same, both networks eager;
+    ``bn_over_identity``: the step with torch's BN over the step with ``Identity`` in its
+    place, compiled and eager (BN's share of torch's step is one minus its inverse).
+    """
+    return {
+        "description": f"conv{NET_CHANNELS}-BN-ReLU twice; one training step (forward, "
+                       f"mean-square loss, backward; no optimizer update); compiled with "
+                       f"torch.compile (inductor, fullgraph) and eager",
+        "input": list(NET_INPUT),
+        "repeats": timing.reps,
+        "median_ms": {v: round(timing.median_ms(v), 4) for v in timing.times},
+        "ratio": _ratio_record(timing.paired_ratio("bncourse", "torch")),
+        "eager_ratio": _ratio_record(timing.paired_ratio("bncourse eager", "torch eager")),
+        "bn_over_identity": {
+            "compiled": _ratio_record(timing.paired_ratio("torch", "identity")),
+            "eager": _ratio_record(timing.paired_ratio("torch eager", "identity eager")),
+        },
+        "compile_seconds": round(float(timing.compile_seconds or 0.0), RATIO_DECIMALS),
+    }
 
 
 def _cpu_name() -> str:
@@ -603,21 +667,17 @@ def run(
         print(f"compile time {key}: {seconds:.2f} s (first forward + backward, not in the table)")
     network = None
     if compile:
-        net_timing = time_compiled_network(settings, seed, device)
-        r = net_timing.paired_ratio("bncourse")
-        network = {
-            "description": f"conv{NET_CHANNELS}-BN-ReLU twice, torch.compile (inductor, "
-                           f"fullgraph), one training step",
-            "input": list(NET_INPUT),
-            "repeats": net_timing.reps,
-            "median_ms": {v: round(net_timing.median_ms(v), 4) for v in net_timing.times},
-            "ratio": _ratio_record(r),
-            "compile_seconds": round(net_timing.compile_seconds, RATIO_DECIMALS),
-        }
-        print(f"compiled network ({network['description']}, input "
-              f"{shape_key(NET_INPUT)}): bncourse / torch {r.median:.3f} "
-              f"({r.low:.3f}-{r.high:.3f}), torch {network['median_ms']['torch']:.3f} ms, "
-              f"{net_timing.reps} interleaved repetitions")
+        network = network_record(time_compiled_network(settings, seed, device))
+        r, e = network["ratio"], network["eager_ratio"]
+        share = {k: 1 - 1 / b["median"] for k, b in network["bn_over_identity"].items()}
+        print(f"network ({network['description']}, input {shape_key(NET_INPUT)}), "
+              f"{network['repeats']} interleaved repetitions:\n"
+              f"  compiled: bncourse / torch {r['median']:.3f} ({r['low']:.3f}-{r['high']:.3f}),"
+              f" torch {network['median_ms']['torch']:.3f} ms; BN {100 * share['compiled']:.0f}%"
+              f" of torch's step\n"
+              f"  eager:    bncourse / torch {e['median']:.3f} ({e['low']:.3f}-{e['high']:.3f}),"
+              f" torch {network['median_ms']['torch eager']:.3f} ms; BN "
+              f"{100 * share['eager']:.0f}% of torch's step")
     load_after = _load_average()
     print(f"load average {load_before} before the run, {load_after} after")
     result = {

@@ -391,18 +391,56 @@ def test_the_two_networks_compute_the_same_function():
     assert float((ya - yb).abs().max()) < 1e-5
 
 
-def test_compiled_network_timing_runs_both_networks_as_one_graph(monkeypatch):
+def test_network_timing_runs_six_networks_compiled_as_one_graph_and_eager(monkeypatch):
     # Inductor takes long to compile here; aot_eager traces the same graphs (fullgraph=True
     # raises at a graph break), which is what this test checks.
     real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile",
-                        lambda model, **kw: real_compile(model, backend="aot_eager", **kw))
+    compiled = []
+
+    def compile_with_aot_eager(model, **kw):
+        compiled.append(model)
+        return real_compile(model, backend="aot_eager", **kw)
+
+    monkeypatch.setattr(torch, "compile", compile_with_aot_eager)
     settings = {"warmup": 1, "budget_s": 0.0, "min_reps": 6, "max_reps": 6}
     timing = bench.time_compiled_network(settings)
-    assert set(timing.times) == {"torch", "bncourse"}
+    assert set(timing.times) == set(bench.NET_VARIANTS)
+    assert all(len(t) == 6 for t in timing.times.values()), timing.times
     assert timing.reps == 6 and timing.compile_seconds > 0
-    r = timing.paired_ratio("bncourse")
-    assert r.low <= r.median <= r.high and r.n == 6
+    # Exactly the networks named compiled went through torch.compile, with the right BN.
+    kinds = {"torch": torch.nn.BatchNorm2d, "bncourse": bncourse.BatchNorm,
+             "identity": torch.nn.Identity}
+    want = sorted(k for k, c in bench.NET_VARIANTS.values() if c)
+    got = sorted(next(k for k, t in kinds.items() if isinstance(m[1], t)) for m in compiled)
+    assert got == want, got
+
+    record = bench.network_record(timing)
+    assert set(record) == {"description", "input", "repeats", "median_ms", "ratio",
+                           "eager_ratio", "bn_over_identity", "compile_seconds"}, set(record)
+    assert set(record["median_ms"]) == set(bench.NET_VARIANTS)
+    want_ratio = {
+        "ratio": timing.paired_ratio("bncourse", "torch"),
+        "eager_ratio": timing.paired_ratio("bncourse eager", "torch eager"),
+    }
+    for key, r in want_ratio.items():
+        assert record[key]["median"] == round(r.median, bench.RATIO_DECIMALS), (key, record)
+        assert record[key]["n"] == 6
+    eager = record["bn_over_identity"]["eager"]
+    assert eager["median"] == round(
+        timing.paired_ratio("torch eager", "identity eager").median, bench.RATIO_DECIMALS)
+    for r in (record["ratio"], record["eager_ratio"], eager,
+              record["bn_over_identity"]["compiled"]):
+        assert 0 < r["low"] <= r["median"] <= r["high"], r
+
+
+def test_network_with_identity_has_the_same_convolutions_and_no_bn():
+    net = bench.conv_net(bench._net_bn("identity"))
+    ref = bench.conv_net(torch.nn.BatchNorm2d)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net)
+    for i in (0, 3):
+        assert torch.equal(net[i].weight, ref[i].weight)
+    with pytest.raises(ValueError, match="unknown BN layer 'group'"):
+        bench._net_bn("group")
 
 
 def test_stored_json_has_the_compiled_network_the_chapter_reads():
@@ -410,10 +448,13 @@ def test_stored_json_has_the_compiled_network_the_chapter_reads():
     net = data["compiled_network"]
     assert data["command"] == "python -m bncourse.bench", data["command"]
     assert set(net) == {"description", "input", "repeats", "median_ms", "ratio",
-                        "compile_seconds"}, set(net)
+                        "eager_ratio", "bn_over_identity", "compile_seconds"}, (
+        f"{set(net)}: run python -m bncourse.bench to write the eager and Identity networks")
     assert net["input"] == list(bench.NET_INPUT)
-    assert set(net["median_ms"]) == {"torch", "bncourse"}
-    r = net["ratio"]
-    assert set(r) == {"median", "low", "high", "n"} and r["n"] == net["repeats"] >= 6, r
-    assert 0 < r["low"] <= r["median"] <= r["high"], r
+    assert set(net["median_ms"]) == set(bench.NET_VARIANTS)
+    ratios = [net["ratio"], net["eager_ratio"], *net["bn_over_identity"].values()]
+    assert set(net["bn_over_identity"]) == {"compiled", "eager"}
+    for r in ratios:
+        assert set(r) == {"median", "low", "high", "n"} and r["n"] == net["repeats"] >= 6, r
+        assert 0 < r["low"] <= r["median"] <= r["high"], r
     assert [list(s) for s in bench.SHAPES] == data["shapes"]

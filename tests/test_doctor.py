@@ -369,7 +369,7 @@ def test_float32_stats_under_a_half_input_are_not_flagged():
 def test_messages_name_their_chapter():
     chapters = {"bias-before-bn": 1, "frozen-affine-stats-moving": 3, "keras-momentum": 7,
                 "tiny-batch": 6, "stats-never-estimated": 5, "batch-stats-in-eval": 5,
-                "dropout-before-bn": 9, "half-precision-stats": 5}
+                "dropout-before-bn": 9, "half-precision-stats": 9}
     model = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5, momentum=0.9), nn.Dropout(0.2),
                           nn.BatchNorm1d(5, track_running_stats=False))
     model[1].requires_grad_(False)
