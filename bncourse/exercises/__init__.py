@@ -13,7 +13,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _cases, distributed, formula, gradients, inference, invariance, parameters, ports
+from . import (
+    _cases,
+    distributed,
+    formula,
+    gradients,
+    inference,
+    invariance,
+    parameters,
+    ports,
+    why,
+    why_mechanisms,
+    wild,
+)
 from .core import (
     FAILED,
     NOT_ATTEMPTED,
@@ -52,7 +64,8 @@ __all__ = [
 
 def _collect() -> dict[str, Exercise]:
     registry: dict[str, Exercise] = {}
-    for module in (formula, gradients, parameters, invariance, inference, distributed, ports):
+    for module in (formula, gradients, parameters, invariance, inference, distributed, ports, why,
+                   why_mechanisms, wild):
         for exercise in module.EXERCISES:
             if exercise.id in registry:
                 raise RuntimeError(f"two exercises share the id {exercise.id!r}")
