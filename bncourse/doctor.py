@@ -560,7 +560,7 @@ def _flow_findings(rec: _Recorder) -> list[Finding]:
             f"example (input shape {shape}: m is the batch size times the spatial size), fewer "
             f"than {TINY_BATCH_VALUES}. With so few values the batch mean and variance are "
             f"noisy, each example's output depends strongly on its batch-mates, and m = 1 is an "
-            f"error in training (chapter 6). Fix: a larger batch, SyncBatchNorm across "
+            f"error in training (chapter 9). Fix: a larger batch, SyncBatchNorm across "
             f"processes, a normalization that does not use the batch (GroupNorm, LayerNorm), "
             f"or eval mode for the BN with trained running statistics.")))
     return found

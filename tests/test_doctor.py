@@ -301,7 +301,7 @@ def test_tiny_batch_counts_batch_times_spatial_size():
     x = torch.randn(1, 3, 2, 2)  # m = 1 * 2 * 2 = 4
     findings = diagnose(model, x)
     assert _codes(findings) == {("tiny-batch", "1")}, report(findings)
-    assert "m = 4" in findings[0].message and "chapter 6" in findings[0].message
+    assert "m = 4" in findings[0].message and "chapter 9" in findings[0].message
     x = torch.randn(2, 3, 2, 2)  # m = 8: enough
     assert diagnose(model, x) == []
     assert TINY_BATCH_VALUES == 8
@@ -368,7 +368,7 @@ def test_float32_stats_under_a_half_input_are_not_flagged():
 
 def test_messages_name_their_chapter():
     chapters = {"bias-before-bn": 1, "frozen-affine-stats-moving": 3, "keras-momentum": 7,
-                "tiny-batch": 6, "stats-never-estimated": 5, "batch-stats-in-eval": 5,
+                "tiny-batch": 9, "stats-never-estimated": 5, "batch-stats-in-eval": 5,
                 "dropout-before-bn": 9, "half-precision-stats": 9}
     model = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5, momentum=0.9), nn.Dropout(0.2),
                           nn.BatchNorm1d(5, track_running_stats=False))
