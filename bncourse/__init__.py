@@ -12,6 +12,9 @@ Layers, each using only those above it:
 * ``bncourse.normalization``: the family of normalizations as a choice of axes, ghost BN.
 * ``bncourse.distributed``: synchronized BN on ``torch.distributed`` and its launcher.
 * ``bncourse.ports``: BN layers and small networks converted to and from Keras 3 and Flax NNX.
+* ``bncourse.why``: the experiments that put the explanations of why BN helps on trial.
+* ``bncourse.wild``, ``bncourse.mixed_batches``: what the batch leaks, test data that shifts,
+  two distributions in one batch (running statistics under DDP are in ``bncourse.distributed``).
 * ``bncourse.doctor``: ``diagnose(model, example_input)``, the common BN pitfalls of a model
   (``python -m bncourse.doctor module:factory``).
 * ``bncourse.bench``: the benchmark behind ``make bench``.
@@ -30,7 +33,7 @@ from typing import Any
 
 from . import functional
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 _LAZY_ATTRIBUTES = {
     "BatchNorm": ("bncourse.layer", "BatchNorm"),
@@ -39,7 +42,8 @@ _LAZY_ATTRIBUTES = {
 _LAZY_MODULES = {
     "layer", "gradcheck", "jacobian", "memory", "analysis", "networks", "invariance",
     "freezing", "training", "exercises", "plotting", "authoring", "bench", "claims",
-    "inference", "normalization", "distributed", "ports", "doctor",
+    "inference", "normalization", "distributed", "ports", "doctor", "why", "wild",
+    "mixed_batches",
 }
 
 __all__ = ["functional", "BatchNorm", "BatchNormFunction", *sorted(_LAZY_MODULES)]
